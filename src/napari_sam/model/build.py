@@ -1,0 +1,97 @@
+"""Model configurations and the one builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+PROMPT_EMBED_DIM = 256
+
+# Encoder hyper-parameters of the official models (SAM paper, Table 8; MobileSAM).
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "vit_b": {"encoder": "vit", "img_size": 1024, "patch_size": 16, "embed_dim": 768, "depth": 12,
+              "num_heads": 12, "mlp_ratio": 4.0, "window_size": 14, "global_attn_indexes": [2, 5, 8, 11]},
+    "vit_l": {"encoder": "vit", "img_size": 1024, "patch_size": 16, "embed_dim": 1024, "depth": 24,
+              "num_heads": 16, "mlp_ratio": 4.0, "window_size": 14, "global_attn_indexes": [5, 11, 17, 23]},
+    "vit_h": {"encoder": "vit", "img_size": 1024, "patch_size": 16, "embed_dim": 1280, "depth": 32,
+              "num_heads": 16, "mlp_ratio": 4.0, "window_size": 14, "global_attn_indexes": [7, 15, 23, 31]},
+    "vit_t": {"encoder": "tiny_vit", "img_size": 1024},
+}
+
+VIT_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_size",
+            "global_attn_indexes")
+
+
+def build_sam(model_type: str | dict[str, Any]) -> Sam:
+    """Build an untrained Sam.
+
+    Parameters
+    ----------
+    model_type : str or dict
+        ``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, or a config dict with
+        ``"encoder": "vit"`` and the :class:`ImageEncoderViT` hyper-parameters
+        (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
+        ``mlp_ratio``, ``window_size``, ``global_attn_indexes``) for compact models.
+    """
+    if isinstance(model_type, str):
+        if model_type not in MODEL_CONFIGS:
+            raise ValueError(f"unknown model type {model_type!r}; expected one of {sorted(MODEL_CONFIGS)}")
+        config = dict(MODEL_CONFIGS[model_type], name=model_type)
+    else:
+        config = dict(model_type)
+        config.setdefault("name", "custom")
+
+    encoder = _build_encoder(config)
+    grid = config["img_size"] // _stride(config)
+    sam = Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config["img_size"], config["img_size"]),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=PROMPT_EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, num_heads=8, mlp_dim=2048),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    sam.config = config
+    return sam.eval()
+
+
+def _stride(config: dict[str, Any]) -> int:
+    return 16 if config["encoder"] == "tiny_vit" else int(config["patch_size"])
+
+
+def _build_encoder(config: dict[str, Any]) -> nn.Module:
+    if config["encoder"] == "tiny_vit":
+        from .tiny_vit import build_tiny_vit_encoder
+
+        return build_tiny_vit_encoder(img_size=config["img_size"])
+    if config["encoder"] != "vit":
+        raise ValueError(f"unknown encoder {config['encoder']!r}; expected 'vit' or 'tiny_vit'")
+    missing = [key for key in VIT_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"ViT config lacks {missing}")
+    return ImageEncoderViT(
+        img_size=config["img_size"],
+        patch_size=config["patch_size"],
+        embed_dim=config["embed_dim"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_ratio"],
+        out_chans=PROMPT_EMBED_DIM,
+        window_size=config["window_size"],
+        global_attn_indexes=tuple(config["global_attn_indexes"]),
+    )

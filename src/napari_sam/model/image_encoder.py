@@ -1,0 +1,231 @@
+"""The ViT image encoder of SAM (vit_b / vit_l / vit_h and compact variants).
+
+A plain ViT on 16x16 patches (configurable) whose blocks attend within 14x14 windows,
+except a few global blocks; every attention carries a decomposed relative position
+bias. A convolutional neck maps the token grid to ``out_chans`` channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d, MLPBlock
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: ``(B, C, H, W) -> (B, H/p, W/p, D)``."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Gather relative position embeddings for every (query, key) pair along one axis.
+
+    Parameters
+    ----------
+    q_size, k_size : int
+        Number of query and key positions along the axis.
+    rel_pos : (L, C) tensor
+        Learned embeddings for relative offsets; resized linearly when ``L`` does not
+        equal ``2 * max(q_size, k_size) - 1`` (e.g. a model run at another input size).
+
+    Returns
+    -------
+    (q_size, k_size, C) tensor.
+    """
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = (
+            F.interpolate(rel_pos.T[None], size=max_rel_dist, mode="linear")[0].T
+        )
+    # Offsets are expressed on the finer of the two grids.
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    offsets = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[offsets.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token grid with a decomposed relative position bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        input_size: tuple[int, int],
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, D) -> (B, H, W, D)``."""
+        batch, height, width, dim = x.shape
+        tokens = height * width
+        # (3, B, heads, tokens, head_dim)
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            bias = self._rel_pos_bias(q, height, width)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.transpose(1, 2).reshape(batch, height, width, dim)
+        return self.proj(out)
+
+    def _rel_pos_bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Additive bias ``(B, heads, HW, HW)`` from the unscaled queries (as in SAM)."""
+        table_h = relative_position_table(height, height, self.rel_pos_h)  # (H, H, C)
+        table_w = relative_position_table(width, width, self.rel_pos_w)  # (W, W, C)
+        batch, heads, _, channels = q.shape
+        q_grid = q.reshape(batch, heads, height, width, channels)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+        bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, H, W, kH, kW)
+        return bias.reshape(batch, heads, height * width, height * width)
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into ``(B * nWin, window, window, C)``, zero-padding H and W."""
+    batch, height, width, channels = x.shape
+    pad_h = (window - height % window) % window
+    pad_w = (window - width % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    padded_h, padded_w = height + pad_h, width + pad_w
+    x = x.view(batch, padded_h // window, window, padded_w // window, window, channels)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, channels)
+    return windows, (padded_h, padded_w)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded_size: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, dropping the padding."""
+    padded_h, padded_w = padded_size
+    height, width = size
+    batch = windows.shape[0] // ((padded_h // window) * (padded_w // window))
+    x = windows.view(batch, padded_h // window, padded_w // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
+    if padded_h > height or padded_w > width:
+        x = x[:, :height, :width, :].contiguous()
+    return x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; windowed attention when ``window_size > 0``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        window_size: int,
+        input_size: tuple[int, int],
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = (window_size, window_size) if window_size > 0 else input_size
+        self.attn = Attention(dim, num_heads, attn_size, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, D) -> (B, H, W, D)``."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            size = x.shape[1:3]
+            x, padded = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, padded, size)
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM's image encoder: ``(B, 3, S, S) -> (B, out_chans, S/p, S/p)``.
+
+    Parameters
+    ----------
+    img_size : int
+        Side of the square (padded) input in pixels.
+    patch_size : int
+        Side of a patch; the embedding grid is ``img_size / patch_size``.
+    embed_dim, depth, num_heads, mlp_ratio : transformer width, blocks, heads, MLP ratio.
+    out_chans : int
+        Channels of the output embedding (256 for every SAM decoder).
+    window_size : int
+        Side of the attention windows in tokens (global blocks ignore it).
+    global_attn_indexes : tuple of int
+        Blocks that attend over the whole grid.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim)) if use_abs_pos else None
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+                qkv_bias=qkv_bias,
+                use_rel_pos=use_rel_pos,
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+

@@ -1,0 +1,224 @@
+"""Predictor: embed a plane once, then turn prompts into ranked masks quickly."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import transforms
+from .imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
+from .model import Sam
+from .prompts import Prompts
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The encoder's output for one plane plus the geometry needed to decode against it.
+
+    Attributes
+    ----------
+    features : (1, 256, h, w) tensor
+    original_size : (H, W) of the plane.
+    input_size : (h, w) of the plane resized for the model (before padding).
+    image_size : side of the padded model input.
+    model_id : identifies the model that made it (architecture name).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    image_size: int
+    model_id: str = ""
+
+    def to(self, device: torch.device | str) -> Embedding:
+        return replace(self, features=self.features.to(device))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a killed process never leaves a half-written file."""
+        path = Path(path)
+        payload = {
+            "features": self.features.detach().cpu().contiguous(),
+            "original_size": list(self.original_size),
+            "input_size": list(self.input_size),
+            "image_size": self.image_size,
+            "model_id": self.model_id,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(payload, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Embedding:
+        try:
+            payload = torch.load(path, map_location=device, weights_only=True)
+            return cls(
+                features=payload["features"],
+                original_size=tuple(payload["original_size"]),
+                input_size=tuple(payload["input_size"]),
+                image_size=int(payload["image_size"]),
+                model_id=str(payload["model_id"]),
+            )
+        except (KeyError, TypeError, RuntimeError, EOFError) as error:
+            raise ValueError(f"{path} is not a napari-sam embedding file: {error}") from error
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate masks for one prompt, best first.
+
+    Attributes
+    ----------
+    masks : (N, H, W) bool
+    scores : (N,) float, the model's predicted IoU.
+    logits : (N, h, w) float32, low-res logits (pass one as ``mask_input`` to refine).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def best(self) -> np.ndarray:
+        """The top-ranked mask, (H, W) bool."""
+        return self.masks[0]
+
+
+class Predictor:
+    """Segment a 2D plane from point, box and mask prompts.
+
+    >>> predictor = Predictor(load_model("default"))
+    >>> predictor.set_image(plane)
+    >>> candidates = predictor.predict(points=[(120, 80)])   # (row, col)
+    >>> mask = candidates.best
+    """
+
+    def __init__(self, model: Sam, normalization: Normalization = DEFAULT_NORMALIZATION) -> None:
+        self.model = model.eval()
+        self.normalization = normalization
+        self.embedding: Embedding | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def compute_embedding(self, image: np.ndarray) -> Embedding:
+        """Embed a 2D plane (grayscale, RGB or RGBA, any dtype) without making it current."""
+        rgb = to_rgb_uint8(image, self.normalization)
+        resized = transforms.resize_rgb(rgb, self.model.image_size)
+        tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
+        features = self.model.encode(self.model.preprocess(tensor))
+        return Embedding(
+            features=features,
+            original_size=tuple(rgb.shape[:2]),
+            input_size=tuple(resized.shape[:2]),
+            image_size=self.model.image_size,
+            model_id=str(self.model.config.get("name", "")),
+        )
+
+    def set_image(self, image: np.ndarray) -> Embedding:
+        """Embed a 2D plane and make it the current one; returns the :class:`Embedding`."""
+        return self.set_embedding(self.compute_embedding(image))
+
+    def set_embedding(self, embedding: Embedding) -> Embedding:
+        """Use a precomputed (e.g. cached or loaded) embedding as the current one."""
+        if embedding.image_size != self.model.image_size:
+            raise ValueError(
+                f"embedding was made for a {embedding.image_size}px model input, "
+                f"this model takes {self.model.image_size}px"
+            )
+        self.embedding = embedding.to(self.device)
+        return self.embedding
+
+    def _require_embedding(self) -> Embedding:
+        if self.embedding is None:
+            raise RuntimeError("no image set: call set_image(image) or set_embedding(embedding) first")
+        return self.embedding
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        points=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask: bool | None = None,
+    ) -> Candidates:
+        """Segment one object of the current plane.
+
+        Parameters
+        ----------
+        points : (N, 2) array-like of (row, col), optional
+        point_labels : (N,) of 1 (positive) / 0 (negative); default all positive.
+        box : (r0, c0, r1, c1), optional
+        mask_input : (h, w) low-res logits from an earlier ``Candidates.logits``, optional
+        multimask : bool, optional
+            Three candidates instead of one. Default as SAM: three for a single point
+            and no other prompt, one otherwise.
+
+        Returns
+        -------
+        Candidates, sorted by predicted IoU, best first.
+        """
+        embedding = self._require_embedding()
+        prompts = Prompts.build(
+            embedding.original_size, self.model.low_res_size, points, point_labels, box, mask_input
+        )
+        if multimask is None:
+            multimask = prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
+        low_res, scores = self._decode(embedding, prompts, multimask)
+        return self._rank(embedding, low_res[0], scores[0])
+
+    @torch.inference_mode()
+    def predict_boxes(self, boxes) -> list[Candidates]:
+        """Segment one object per box in one batch: ``boxes (N, 4)`` of (r0, c0, r1, c1)."""
+        embedding = self._require_embedding()
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        for box in boxes:
+            Prompts.build(embedding.original_size, self.model.low_res_size, box=box)
+        boxes_xyxy = transforms.boxes_rc_to_model_xyxy(boxes, embedding.original_size, embedding.image_size)
+        low_res, scores = self.model.decode(
+            embedding.features, boxes=torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=self.device),
+            multimask=False,
+        )
+        return [self._rank(embedding, low_res[i], scores[i]) for i in range(len(boxes))]
+
+    def _decode(self, embedding: Embedding, prompts: Prompts, multimask: bool):
+        device = self.device
+        coords = labels = boxes = masks = None
+        if prompts.points is not None:
+            xy = transforms.points_rc_to_model_xy(prompts.points, embedding.original_size, embedding.image_size)
+            coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
+            labels = torch.as_tensor(prompts.point_labels, device=device)[None]
+        if prompts.box is not None:
+            xyxy = transforms.boxes_rc_to_model_xyxy(prompts.box, embedding.original_size, embedding.image_size)
+            boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=device)[None]
+        if prompts.mask_input is not None:
+            masks = torch.as_tensor(prompts.mask_input, device=device)[None, None]
+        return self.model.decode(embedding.features, coords, labels, boxes, masks, multimask=multimask)
+
+    def _rank(self, embedding: Embedding, low_res: torch.Tensor, scores: torch.Tensor) -> Candidates:
+        """``low_res (K, h, w)``, ``scores (K,)`` -> Candidates at plane resolution, best first."""
+        order = torch.argsort(scores, descending=True)
+        low_res, scores = low_res[order], scores[order]
+        logits = transforms.upscale_logits(
+            low_res[None], embedding.input_size, embedding.original_size, embedding.image_size
+        )[0]
+        return Candidates(
+            masks=(logits > self.model.mask_threshold).cpu().numpy(),
+            scores=scores.float().cpu().numpy(),
+            logits=low_res.float().cpu().numpy(),
+        )

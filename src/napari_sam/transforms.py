@@ -1,0 +1,86 @@
+"""Coordinate and image geometry: the one place where coordinates change frame.
+
+Frames
+------
+plane (``rc``)
+    The user's 2D plane in numpy / napari order: a point is ``(row, col)`` and a box is
+    ``(r0, c0, r1, c1)``, in pixels, pixel ``i`` centred at ``i``.
+model input (``xy``)
+    The plane resized so that its longest side equals the model's ``image_size``
+    (aspect ratio kept), then zero-padded at the bottom and right to a square. SAM's
+    prompt encoder wants ``(x, y)`` in these pixels and adds half a pixel itself.
+low-res
+    Mask logits of ``low_res_size`` covering the padded square model input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def resized_shape(shape: tuple[int, int], target: int) -> tuple[int, int]:
+    """Shape ``(h, w)`` of a plane of ``shape`` resized so its longest side is ``target``.
+
+    Rounds as SAM does (``int(x + 0.5)``), so embeddings match the reference.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    scale = target / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_rgb(image: np.ndarray, target: int) -> np.ndarray:
+    """Resize a ``(H, W, 3)`` uint8 image so its longest side is ``target``.
+
+    Uses PIL's bilinear filter, the path the reference predictor takes for uint8 input,
+    so the encoder sees identical pixels.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"resize_rgb needs a (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    height, width = resized_shape(image.shape[:2], target)
+    if (height, width) == image.shape[:2]:
+        return np.ascontiguousarray(image)
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR)
+    return np.array(resized)  # writable: torch.from_numpy warns on read-only arrays
+
+
+def _scale(original_shape: tuple[int, int], target: int) -> tuple[float, float]:
+    """Per-axis scale ``(sy, sx)`` from plane pixels to model-input pixels."""
+    new_h, new_w = resized_shape(original_shape, target)
+    return new_h / original_shape[0], new_w / original_shape[1]
+
+
+def points_rc_to_model_xy(points_rc: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
+    """Map ``(..., 2)`` plane ``(row, col)`` points to model-input ``(x, y)``."""
+    points_rc = np.asarray(points_rc, dtype=np.float64)
+    sy, sx = _scale(original_shape, target)
+    return np.stack([points_rc[..., 1] * sx, points_rc[..., 0] * sy], axis=-1)
+
+
+def boxes_rc_to_model_xyxy(boxes_rc: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
+    """Map ``(..., 4)`` plane boxes ``(r0, c0, r1, c1)`` to model-input ``(x0, y0, x1, y1)``."""
+    boxes_rc = np.asarray(boxes_rc, dtype=np.float64)
+    corners = points_rc_to_model_xy(boxes_rc.reshape(*boxes_rc.shape[:-1], 2, 2), original_shape, target)
+    return corners.reshape(*boxes_rc.shape[:-1], 4)
+
+
+def points_model_xy_to_rc(points_xy: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
+    """Inverse of :func:`points_rc_to_model_xy`."""
+    points_xy = np.asarray(points_xy, dtype=np.float64)
+    sy, sx = _scale(original_shape, target)
+    return np.stack([points_xy[..., 1] / sy, points_xy[..., 0] / sx], axis=-1)
+
+
+def upscale_logits(
+    low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+) -> torch.Tensor:
+    """Bring low-res logits ``(B, K, h, w)`` back to the plane: ``(B, K, H, W)``.
+
+    Same sequence as SAM: bilinear to the padded model input, crop the padding,
+    bilinear to the original size. Thresholding at 0 gives the masks.
+    """
+    logits = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    logits = logits[..., : input_size[0], : input_size[1]]
+    return F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
