@@ -12,8 +12,6 @@ from .prompt_encoder import PromptEncoder
 from .sam import Sam
 from .transformer import TwoWayTransformer
 
-PROMPT_EMBED_DIM = 256
-
 # Encoder hyper-parameters of the official models (SAM paper, Table 8; MobileSAM).
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "vit_b": {"encoder": "vit", "img_size": 1024, "patch_size": 16, "embed_dim": 768, "depth": 12,
@@ -28,6 +26,11 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 VIT_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_size",
             "global_attn_indexes")
 
+# Prompt encoder / mask decoder widths of every official model; compact models may shrink
+# them (the decoder runs once per prompt and dominates training cost on a CPU).
+DECODER_DEFAULTS: dict[str, int] = {"prompt_embed_dim": 256, "decoder_mlp_dim": 2048}
+DECODER_NUM_HEADS = 8
+
 
 def build_sam(model_type: str | dict[str, Any]) -> Sam:
     """Build an untrained Sam.
@@ -38,7 +41,8 @@ def build_sam(model_type: str | dict[str, Any]) -> Sam:
         ``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, or a config dict with
         ``"encoder": "vit"`` and the :class:`ImageEncoderViT` hyper-parameters
         (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
-        ``mlp_ratio``, ``window_size``, ``global_attn_indexes``) for compact models.
+        ``mlp_ratio``, ``window_size``, ``global_attn_indexes``) for compact models,
+        optionally with ``prompt_embed_dim`` and ``decoder_mlp_dim`` (default 256, 2048).
     """
     if isinstance(model_type, str):
         if model_type not in MODEL_CONFIGS:
@@ -48,22 +52,26 @@ def build_sam(model_type: str | dict[str, Any]) -> Sam:
         config = dict(model_type)
         config.setdefault("name", "custom")
 
+    config = {**DECODER_DEFAULTS, **config}
+    dim = int(config["prompt_embed_dim"])
     encoder = _build_encoder(config)
     grid = config["img_size"] // _stride(config)
     sam = Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(
-            embed_dim=PROMPT_EMBED_DIM,
+            embed_dim=dim,
             image_embedding_size=(grid, grid),
             input_image_size=(config["img_size"], config["img_size"]),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
-            transformer_dim=PROMPT_EMBED_DIM,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, num_heads=8, mlp_dim=2048),
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=dim, num_heads=DECODER_NUM_HEADS, mlp_dim=int(config["decoder_mlp_dim"])
+            ),
             num_multimask_outputs=3,
             iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_hidden_dim=dim,
         ),
     )
     sam.config = config
@@ -91,7 +99,7 @@ def _build_encoder(config: dict[str, Any]) -> nn.Module:
         depth=config["depth"],
         num_heads=config["num_heads"],
         mlp_ratio=config["mlp_ratio"],
-        out_chans=PROMPT_EMBED_DIM,
+        out_chans=int(config["prompt_embed_dim"]),
         window_size=config["window_size"],
         global_attn_indexes=tuple(config["global_attn_indexes"]),
     )
