@@ -12,13 +12,7 @@ __version__ = "0.1.0"
 
 from .predictor import Candidates, Embedding, Predictor  # noqa: E402
 
-__all__ = ["Candidates", "Embedding", "Predictor", "__version__", "load_model"]
+from .device import select_device  # noqa: E402
+from .models import load_model, save_model  # noqa: E402
 
-
-def __getattr__(name):
-    # load_model pulls in pooch; import it on first use so `import napari_sam` stays light.
-    if name == "load_model":
-        from .models import load_model
-
-        return load_model
-    raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")
+__all__ = ["Candidates", "Embedding", "Predictor", "__version__", "load_model", "save_model", "select_device"]
