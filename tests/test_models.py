@@ -48,6 +48,7 @@ COMPACT = {
     "global_attn_indexes": [1, 3],
     "prompt_embed_dim": 64,
     "decoder_mlp_dim": 128,
+    "text_dim": 0,
 }
 
 

@@ -620,6 +620,9 @@ def _decoder_config(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     mlp = state.get("mask_decoder.transformer.layers.0.mlp.lin1.weight")  # (mlp_dim, dim)
     if mlp is not None and mlp.ndim == 2:
         config["decoder_mlp_dim"] = int(mlp.shape[0])
+    text = state.get("prompt_encoder.text_projection.0.weight")  # (prompt_embed_dim, text_dim)
+    if text is not None and text.ndim == 2:
+        config["text_dim"] = int(text.shape[1])
     return config
 
 

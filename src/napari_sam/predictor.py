@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from . import transforms
 from .imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
 from .model import Sam
 from .prompts import Prompts
+
+# Cosine similarity (MiniLM space) below which a text is reported as unknown to the model.
+TEXT_SIMILARITY_WARNING = 0.5
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class Predictor:
         box=None,
         mask_input=None,
         multimask: bool | None = None,
+        text: str | None = None,
     ) -> Candidates:
         """Segment one object of the current plane.
 
@@ -168,6 +173,10 @@ class Predictor:
         multimask : bool, optional
             Three candidates instead of one. Default as SAM: three for a single point
             and no other prompt, one otherwise.
+        text : str, optional
+            The kind of object (models with a text path, e.g. the default model). Alone,
+            it asks for every object of that kind as one mask; with a point or box, it
+            says which object is meant.
 
         Returns
         -------
@@ -175,10 +184,12 @@ class Predictor:
         """
         embedding = self._require_embedding()
         prompts = Prompts.build(
-            embedding.original_size, self.model.low_res_size, points, point_labels, box, mask_input
+            embedding.original_size, self.model.low_res_size, points, point_labels, box, mask_input, text
         )
         if multimask is None:
-            multimask = prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
+            multimask = (
+                prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None and prompts.text is None
+            )
         low_res, scores = self._decode(embedding, prompts, multimask)
         return self._rank(embedding, low_res[0], scores[0])
 
@@ -198,7 +209,7 @@ class Predictor:
 
     def _decode(self, embedding: Embedding, prompts: Prompts, multimask: bool):
         device = self.device
-        coords = labels = boxes = masks = None
+        coords = labels = boxes = masks = text = None
         if prompts.points is not None:
             xy = transforms.points_rc_to_model_xy(prompts.points, embedding.original_size, embedding.image_size)
             coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
@@ -208,7 +219,33 @@ class Predictor:
             boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=device)[None]
         if prompts.mask_input is not None:
             masks = torch.as_tensor(prompts.mask_input, device=device)[None, None]
-        return self.model.decode(embedding.features, coords, labels, boxes, masks, multimask=multimask)
+        if prompts.text is not None:
+            text = torch.as_tensor(self._embed_text(prompts.text), device=device)[None]
+        return self.model.decode(
+            embedding.features, coords, labels, boxes, masks, multimask=multimask, text_embeddings=text
+        )
+
+    def _embed_text(self, text: str) -> np.ndarray:
+        if not self.model.supports_text:
+            raise ValueError(
+                f"model {self.model.config.get('name', '')!r} has no text path (official SAM, MobileSAM and "
+                "micro-sam checkpoints have none); use the default model or one fine-tuned with text"
+            )
+        from .text import embed_text
+
+        vector = embed_text(text)
+        known = self.model.metadata.get("text_classes") or {}
+        if known:
+            names = [name for synonyms in known.values() for name in synonyms]
+            similarity = float(np.max(embed_text(names) @ vector))
+            if similarity < TEXT_SIMILARITY_WARNING:
+                warnings.warn(
+                    f"text {text!r} is unlike anything this model was trained on "
+                    f"({', '.join(sorted(known))}); the mask may be meaningless",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return vector
 
     def _rank(self, embedding: Embedding, low_res: torch.Tensor, scores: torch.Tensor) -> Candidates:
         """``low_res (K, h, w)``, ``scores (K,)`` -> Candidates at plane resolution, best first."""

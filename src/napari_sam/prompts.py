@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,15 @@ class Prompts:
         ``(r0, c0, r1, c1)``, top-left and bottom-right corners.
     mask_input : (h, w) float or None
         Low-res logits of an earlier candidate (``Candidates.logits[i]``).
+    text : str or None
+        What kind of object, e.g. ``"nucleus"``; normalised (lower case, single spaces).
     """
 
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     box: np.ndarray | None = None
     mask_input: np.ndarray | None = None
+    text: str | None = None
 
     @property
     def num_points(self) -> int:
@@ -41,6 +45,7 @@ class Prompts:
         point_labels=None,
         box=None,
         mask_input=None,
+        text=None,
     ) -> Prompts:
         """Validate raw user input for a plane of ``shape`` and return :class:`Prompts`.
 
@@ -88,9 +93,17 @@ class Prompts:
                 )
             _check_finite("mask_input", mask_input)
 
-        if points is None and box is None and mask_input is None:
-            raise ValueError("no prompt given: pass points, a box or a mask_input")
-        return cls(points=points, point_labels=point_labels, box=box, mask_input=mask_input)
+        if text is not None:
+            if not isinstance(text, str):
+                raise ValueError(f"text must be a string, got {type(text).__name__}")
+            text = " ".join(text.lower().split())
+            if not text:
+                warnings.warn("empty text prompt ignored", UserWarning, stacklevel=3)
+                text = None
+
+        if points is None and box is None and mask_input is None and text is None:
+            raise ValueError("no prompt given: pass points, a box, a mask_input or text")
+        return cls(points=points, point_labels=point_labels, box=box, mask_input=mask_input, text=text)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:

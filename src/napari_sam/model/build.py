@@ -28,7 +28,7 @@ VIT_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ra
 
 # Prompt encoder / mask decoder widths of every official model; compact models may shrink
 # them (the decoder runs once per prompt and dominates training cost on a CPU).
-DECODER_DEFAULTS: dict[str, int] = {"prompt_embed_dim": 256, "decoder_mlp_dim": 2048}
+DECODER_DEFAULTS: dict[str, int] = {"prompt_embed_dim": 256, "decoder_mlp_dim": 2048, "text_dim": 0}
 DECODER_NUM_HEADS = 8
 
 
@@ -42,7 +42,8 @@ def build_sam(model_type: str | dict[str, Any]) -> Sam:
         ``"encoder": "vit"`` and the :class:`ImageEncoderViT` hyper-parameters
         (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
         ``mlp_ratio``, ``window_size``, ``global_attn_indexes``) for compact models,
-        optionally with ``prompt_embed_dim`` and ``decoder_mlp_dim`` (default 256, 2048).
+        optionally with ``prompt_embed_dim`` and ``decoder_mlp_dim`` (default 256, 2048)
+        and ``text_dim`` (width of the text encoder; 0, the default, builds no text path).
     """
     if isinstance(model_type, str):
         if model_type not in MODEL_CONFIGS:
@@ -63,6 +64,7 @@ def build_sam(model_type: str | dict[str, Any]) -> Sam:
             image_embedding_size=(grid, grid),
             input_image_size=(config["img_size"], config["img_size"]),
             mask_in_chans=16,
+            text_dim=int(config["text_dim"]),
         ),
         mask_decoder=MaskDecoder(
             transformer_dim=dim,

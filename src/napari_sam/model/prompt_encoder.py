@@ -55,6 +55,10 @@ class PromptEncoder(nn.Module):
         Padded model input in pixels; prompt coordinates are in these pixels.
     mask_in_chans : int
         Hidden channels of the mask-prompt downscaler.
+    text_dim : int
+        Width of the text encoder's sentence embedding; 0 (official checkpoints) means
+        the model has no text path. Otherwise a learned projection maps a sentence
+        embedding to one sparse token beside the point and box tokens.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class PromptEncoder(nn.Module):
         image_embedding_size: tuple[int, int],
         input_image_size: tuple[int, int],
         mask_in_chans: int = 16,
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -82,6 +87,11 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.text_dim = text_dim
+        if text_dim:
+            self.text_projection = nn.Sequential(
+                nn.Linear(text_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
+            )
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid: ``(1, C, h, w)``."""
@@ -111,6 +121,7 @@ class PromptEncoder(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed prompts.
 
@@ -119,18 +130,26 @@ class PromptEncoder(nn.Module):
         points : ((B, N, 2) xy, (B, N) labels) or None
         boxes : (B, 4) xyxy or None
         masks : (B, 1, 4h, 4w) logits or None
+        text : (B, text_dim) sentence embeddings or None
 
         Returns
         -------
         sparse : (B, T, C) tokens; dense : (B, C, h, w).
         """
-        batch = _batch_size(points, boxes, masks)
+        if text is not None and not self.text_dim:
+            raise ValueError(
+                "this model has no text path (official SAM, MobileSAM and micro-sam checkpoints have none); "
+                "use the bundled default model or one fine-tuned with text"
+            )
+        batch = _batch_size(points, boxes, masks, text)
         device = self.no_mask_embed.weight.device
         sparse = [torch.empty(batch, 0, self.embed_dim, device=device)]
         if points is not None:
             sparse.append(self._embed_points(points[0], points[1], pad=boxes is None))
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
+        if text is not None:
+            sparse.append(self.text_projection(text.float())[:, None, :])
         sparse_embeddings = torch.cat(sparse, dim=1)
         if masks is not None:
             dense = self.mask_downscaling(masks)
@@ -139,11 +158,10 @@ class PromptEncoder(nn.Module):
         return sparse_embeddings, dense
 
 
-def _batch_size(points, boxes, masks) -> int:
+def _batch_size(points, boxes, masks, text) -> int:
     if points is not None:
         return points[0].shape[0]
-    if boxes is not None:
-        return boxes.shape[0]
-    if masks is not None:
-        return masks.shape[0]
+    for prompt in (boxes, masks, text):
+        if prompt is not None:
+            return prompt.shape[0]
     return 1

@@ -49,6 +49,10 @@ class Sam(nn.Module):
         return int(self.image_encoder.img_size)
 
     @property
+    def supports_text(self) -> bool:
+        return bool(self.prompt_encoder.text_dim)
+
+    @property
     def embedding_size(self) -> tuple[int, int]:
         return tuple(self.prompt_encoder.image_embedding_size)
 
@@ -74,6 +78,7 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
         multimask: bool = True,
+        text_embeddings: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode prompts against image embeddings.
 
@@ -86,6 +91,7 @@ class Sam(nn.Module):
         mask_inputs : (B, 1, 4h, 4w) low-res logits.
         multimask : bool
             Three candidates (tokens 1..3) instead of one (token 0).
+        text_embeddings : (B, text_dim) sentence embeddings, for models with a text path.
 
         Returns
         -------
@@ -96,7 +102,7 @@ class Sam(nn.Module):
             if point_labels is None:
                 raise ValueError("point_coords given without point_labels")
             points = (point_coords, point_labels)
-        sparse, dense = self.prompt_encoder(points, boxes, mask_inputs)
+        sparse, dense = self.prompt_encoder(points, boxes, mask_inputs, text_embeddings)
         return self.mask_decoder(
             image_embeddings=embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
