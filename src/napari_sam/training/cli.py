@@ -1,0 +1,123 @@
+"""``napari-sam finetune``: the command-line face of :func:`napari_sam.training.finetune`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from .lora import TRAIN_MODES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``finetune`` sub-command on ``subparsers``; it runs :func:`run`."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on annotated images (simulated interactive training)",
+        description=(
+            "Fine-tune SAM on image / instance-label pairs with simulated clicks (11 rounds per "
+            "object). Images and labels are matched by file name: two folders with the same names, "
+            "or one folder with X_image.tif + X_labels.tif. Stacks give one sample per plane. "
+            "Writes the best model (by validation IoU) to --out and the training state beside it "
+            "(<out>.state.pt), which --resume continues from. Ctrl+C stops after the current step "
+            "and keeps a resumable state."
+        ),
+    )
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--images", help="folder of image files (TIFF, PNG)")
+    data.add_argument("--synthetic", action="store_true", help="train on procedurally generated images")
+    parser.add_argument("--labels", help="folder of instance-label files (default: the --images folder)")
+    parser.add_argument("--base", default="default", help="model to start from: a name or a checkpoint file")
+    parser.add_argument("--train", choices=TRAIN_MODES, help="what to train (default: decoder)")
+    parser.add_argument("--epochs", type=int,
+                        help="passes over every training object (default: 10; on --resume, the saved run's)")
+    parser.add_argument("--out", required=True, help="output model file, e.g. model.pt")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4)")
+    parser.add_argument("--val-fraction", type=float, help="share of images used for validation (default: 0.2)")
+    parser.add_argument("--objects-per-step", type=int, help="objects of one image per step (default: 8)")
+    parser.add_argument("--lora-rank", type=int, help="LoRA rank for --train lora (default: 4)")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: best available)")
+    parser.add_argument("--resume", action="store_true", help="continue from the training state beside --out")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
+             "lora_rank": "lora_rank", "seed": "seed", "device": "device"}
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+
+
+class _Progress:
+    """Turns progress events into a tqdm bar and one line per epoch."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=event["total_steps"], initial=event["step"] - (event["event"] == "step"),
+                            unit="step", dynamic_ncols=True)
+        if event["event"] == "step":
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=event["epoch"] + 1, loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        elif event["event"] == "epoch":
+            val = event["val"]
+            self.bar.write(
+                f"epoch {event['epoch'] + 1}: loss {event['loss']:.4f}, validation mIoU point "
+                f"{val['point_miou']:.3f} box {val['box_miou']:.3f} ({val['objects']} objects)"
+            )
+        else:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``napari-sam finetune`` with parsed ``args``; returns the exit status."""
+    from .trainer import finetune, state_path_for
+
+    cancel = threading.Event()
+
+    def interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (Ctrl+C again to abort)...", file=sys.stderr)
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, interrupt) if threading.current_thread() is threading.main_thread() else None
+    progress = _Progress()
+    try:
+        result = finetune(
+            "synthetic" if args.synthetic else args.images,
+            args.labels,
+            base=args.base,
+            train=args.train,
+            epochs=args.epochs,
+            out=args.out,
+            resume=args.resume,
+            on_progress=progress,
+            cancel=cancel,
+            **_options(args),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"napari-sam finetune: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if progress.bar is not None:
+            progress.bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    state = state_path_for(args.out)
+    if result.cancelled:
+        print(f"stopped at step {result.step} of {result.total_steps}; resume with --resume (state: {state})")
+    if result.model_path is not None:
+        best = result.best or {}
+        print(
+            f"saved {result.model_path} (best epoch {best.get('epoch', 0) + 1}: mIoU point "
+            f"{best.get('point_miou', float('nan')):.3f}, box {best.get('box_miou', float('nan')):.3f})"
+        )
+    return 0
