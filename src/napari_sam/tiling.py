@@ -1,0 +1,471 @@
+"""Planes larger than the model input: a tile grid with halo, and a predictor over it.
+
+Geometry (:class:`TileGrid`)
+----------------------------
+Along each axis of length ``L`` with tile size ``T`` and halo ``h``:
+
+- ``L <= T``: one tile, the whole axis;
+- otherwise the axis is cut into ``n = ceil((L - 2h) / (T - 2h))`` *cores* that partition
+  ``[0, L)`` (the interior ``[h, L - h)`` in ``n`` nearly equal parts, the first and last
+  core reaching out to the plane's border), and each core gets a *window* of exactly
+  ``T`` pixels centred on it and shifted back inside the plane where needed.
+
+So every window is ``T`` long (or ``L``), windows stay inside the plane, cores
+partition it, and every core has at least ``h`` pixels of context on each side that is
+not the plane's border. A tile is a pair of row and column intervals.
+
+Prompts (:class:`TiledPredictor`)
+---------------------------------
+Prompt-centred: a prediction uses the single tile whose window contains all the prompt's
+points and its box with the widest margin (plane borders count as infinite margin).
+The tile whose core contains the prompt's centre is always a candidate, so the margin
+is at least ``h``: an object that extends at most ``h`` pixels beyond the prompt lies
+entirely inside the tile, and comes out as one mask even when it straddles a core
+border. Tiles are on a fixed grid, so their embeddings are cached and reused.
+
+Only when no window holds the whole prompt (a box larger than ``T - 2h``, or points far
+apart) are several tiles used: every tile whose core meets the prompt's bounding box
+decodes the prompt clipped to its window, the logits are brought to plane resolution,
+and blended with weights that are 1 inside the core and fall linearly to 0 across the
+halo (never at the plane border), so neighbours agree where they overlap and there is
+no seam at core borders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import transforms
+from .embeddings import EmbeddingStore, Progress, Signature
+from .imaging import to_rgb_uint8
+from .predictor import Candidates, Embedding, Predictor
+from .prompts import Prompts
+
+__all__ = ["Tile", "TileGrid", "TiledPredictor", "axis_split"]
+
+Box = tuple[int, int, int, int]
+
+
+def axis_split(length: int, tile_size: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Cut one axis into ``(core_start, core_end, window_start, window_end)`` intervals.
+
+    End-exclusive. See the module docstring for the rules.
+    """
+    if tile_size < 1 or halo < 0 or tile_size - 2 * halo < 1:
+        raise ValueError(f"need tile_size - 2 * halo >= 1, got tile_size={tile_size}, halo={halo}")
+    if length < 1:
+        raise ValueError(f"axis length must be >= 1, got {length}")
+    if length <= tile_size:
+        return [(0, length, 0, length)]
+    core = tile_size - 2 * halo
+    count = math.ceil((length - 2 * halo) / core)
+    bounds = [0] + [halo + round(k * (length - 2 * halo) / count) for k in range(1, count)] + [length]
+    parts = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        window = min(max(start - (tile_size - (end - start)) // 2, 0), length - tile_size)
+        parts.append((start, end, window, window + tile_size))
+    return parts
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a plane.
+
+    Attributes
+    ----------
+    index : (i, j) position in the grid.
+    window : (r0, c0, r1, c1)
+        Plane pixels the encoder sees, end-exclusive.
+    core : (r0, c0, r1, c1)
+        Pixels this tile owns; the cores of a grid partition the plane.
+    """
+
+    index: tuple[int, int]
+    window: Box
+    core: Box
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """Plane ``(row, col)`` of the window's first pixel: plane = tile + offset."""
+        return self.window[0], self.window[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.window[2] - self.window[0], self.window[3] - self.window[1]
+
+    def slices(self) -> tuple[slice, slice]:
+        """Index the window out of a plane: ``plane[tile.slices()]``."""
+        return slice(self.window[0], self.window[2]), slice(self.window[1], self.window[3])
+
+
+class TileGrid:
+    """The tiles of an ``(H, W)`` plane for ``tile_size`` and ``halo`` (see module docs)."""
+
+    def __init__(self, shape: tuple[int, int], tile_size: int, halo: int) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.tile_size = int(tile_size)
+        self.halo = int(halo)
+        self._rows = axis_split(self.shape[0], self.tile_size, self.halo)
+        self._cols = axis_split(self.shape[1], self.tile_size, self.halo)
+        self.tiles = [
+            Tile((i, j), (rw0, cw0, rw1, cw1), (r0, c0, r1, c1))
+            for i, (r0, r1, rw0, rw1) in enumerate(self._rows)
+            for j, (c0, c1, cw0, cw1) in enumerate(self._cols)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self):
+        return iter(self.tiles)
+
+    def __repr__(self) -> str:
+        return (f"TileGrid({self.shape}, tile_size={self.tile_size}, halo={self.halo}: "
+                f"{len(self._rows)}x{len(self._cols)} tiles)")
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return len(self._rows), len(self._cols)
+
+    def tile(self, i: int, j: int) -> Tile:
+        return self.tiles[i * len(self._cols) + j]
+
+    def tile_at(self, row: float, col: float) -> Tile:
+        """The tile whose core contains plane pixel ``(row, col)`` (rounded to the nearest pixel)."""
+        r = min(max(int(math.floor(row + 0.5)), 0), self.shape[0] - 1)
+        c = min(max(int(math.floor(col + 0.5)), 0), self.shape[1] - 1)
+        i = next(k for k, part in enumerate(self._rows) if part[0] <= r < part[1])
+        j = next(k for k, part in enumerate(self._cols) if part[0] <= c < part[1])
+        return self.tile(i, j)
+
+    def margin(self, tile: Tile, bbox: tuple[float, float, float, float]) -> float:
+        """Smallest distance (pixels) from ``bbox`` (r0, c0, r1, c1 pixel centres) to an
+        edge of the tile's window that is not the plane's border; negative when outside."""
+        r0, c0, r1, c1 = bbox
+        w0, v0, w1, v1 = tile.window
+        height, width = self.shape
+        sides = (
+            r0 - w0 if w0 > 0 else math.inf if r0 >= -0.5 else -1.0,
+            c0 - v0 if v0 > 0 else math.inf if c0 >= -0.5 else -1.0,
+            (w1 - 1) - r1 if w1 < height else math.inf if r1 <= height - 0.5 else -1.0,
+            (v1 - 1) - c1 if v1 < width else math.inf if c1 <= width - 0.5 else -1.0,
+        )
+        return min(sides)
+
+    def choose(self, bbox: tuple[float, float, float, float]) -> Tile | None:
+        """The one tile whose window holds ``bbox`` with the widest margin, or None.
+
+        Ties go to the tile whose core contains the bbox centre. The margin is at least
+        ``halo`` for any bbox whose centre's tile holds it (always for a single point).
+        """
+        centre = self.tile_at((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+        best, best_margin = centre, self.margin(centre, bbox)
+        for tile in self.tiles:
+            margin = self.margin(tile, bbox)
+            if margin > best_margin:
+                best, best_margin = tile, margin
+        # Prompts may reach half a pixel beyond the outermost pixel centres.
+        return best if best_margin >= -0.5 else None
+
+    def overlapping(self, bbox: tuple[float, float, float, float]) -> list[Tile]:
+        """Tiles whose core meets ``bbox`` (pixel centres, rounded outwards)."""
+        r0, c0 = math.floor(bbox[0] + 0.5), math.floor(bbox[1] + 0.5)
+        r1, c1 = math.floor(bbox[2] + 0.5) + 1, math.floor(bbox[3] + 0.5) + 1
+        return [t for t in self.tiles if t.core[0] < r1 and r0 < t.core[2] and t.core[1] < c1 and c0 < t.core[3]]
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        """Blending weights over the tile's window, ``(h, w)`` float32 in (0, 1].
+
+        1 in the core, falling linearly to ~0 at a window edge inside the plane; plane
+        borders do not fall off.
+        """
+        def ramp(start: int, end: int, length: int) -> np.ndarray:
+            position = np.arange(start, end, dtype=np.float32)
+            left = position - start + 0.5 if start > 0 else np.full_like(position, np.inf)
+            right = end - position - 0.5 if end < length else np.full_like(position, np.inf)
+            return np.clip(np.minimum(left, right) / max(self.halo, 1), 1e-3, 1.0)
+
+        rows = ramp(tile.window[0], tile.window[2], self.shape[0])
+        cols = ramp(tile.window[1], tile.window[3], self.shape[1])
+        return rows[:, None] * cols[None, :]
+
+
+def prompt_bbox(prompts: Prompts) -> tuple[float, float, float, float] | None:
+    """``(r0, c0, r1, c1)`` around all points and the box (None for a mask_input alone)."""
+    corners = []
+    if prompts.points is not None:
+        corners.append(prompts.points)
+    if prompts.box is not None:
+        corners.append(prompts.box.reshape(2, 2))
+    if not corners:
+        return None
+    stacked = np.concatenate(corners)
+    return (float(stacked[:, 0].min()), float(stacked[:, 1].min()),
+            float(stacked[:, 0].max()), float(stacked[:, 1].max()))
+
+
+class TiledPredictor:
+    """Segment planes of any size; large ones tile by tile, embedding only what a prompt needs.
+
+    For planes no larger than ``tile_size`` it is exactly :class:`Predictor` on the whole
+    plane (same embedding, same masks). Larger planes are normalised once as a whole (so
+    every tile sees the same intensity window) and split into a :class:`TileGrid`.
+
+    Parameters
+    ----------
+    predictor : Predictor
+    store : EmbeddingStore, optional
+        Cache of the tiles' embeddings (must wrap the same predictor); by default a
+        memory-only store.
+    tile_size : int, optional
+        Side of a tile in plane pixels, default the model's input size (no resizing).
+    halo : int, optional
+        Context around each core, default ``tile_size // 8``. Objects reaching up to
+        ``halo`` pixels beyond a prompt are segmented whole.
+
+    Attributes
+    ----------
+    grid : TileGrid of the current plane.
+    last_tile : Tile or None
+        The tile whose low-res logits the last :class:`Candidates` carry; ``mask_input``
+        given back to :meth:`predict` is read in that tile's frame.
+
+    Examples
+    --------
+    >>> tiled = TiledPredictor(Predictor(load_model("default")), tile_size=1024, halo=128)
+    >>> tiled.set_plane(huge_plane)                    # no encoder call yet
+    >>> mask = tiled.predict(points=[(5200, 7300)]).best   # embeds one tile, (H, W) bool
+    """
+
+    def __init__(self, predictor: Predictor, store: EmbeddingStore | None = None, *,
+                 tile_size: int | None = None, halo: int | None = None) -> None:
+        if store is None:
+            store = EmbeddingStore(predictor)
+        if store.predictor is not predictor:
+            raise ValueError("store wraps another predictor: build it as EmbeddingStore(predictor, ...)")
+        self.predictor = predictor
+        self.store = store
+        self.tile_size = int(tile_size if tile_size is not None else predictor.model.image_size)
+        self.halo = int(halo if halo is not None else self.tile_size // 8)
+        axis_split(self.tile_size + 1, self.tile_size, self.halo)  # validate now, not at set_plane
+        self.grid: TileGrid | None = None
+        self.last_tile: Tile | None = None
+        self._plane: np.ndarray | None = None
+        self._rgb: np.ndarray | None = None
+        self._signature: Signature | None = None
+
+    # ---- the plane ------------------------------------------------------------------
+
+    def set_plane(self, plane, *, content: str | None = None) -> None:
+        """Make ``plane`` (``(H, W[, C])``, numpy or dask) current. Runs no encoder.
+
+        ``content`` is the plane's :func:`~napari_sam.embeddings.content_hash` when the
+        caller already knows it.
+        """
+        plane = np.asarray(plane)
+        if plane.ndim not in (2, 3):
+            raise ValueError(f"set_plane needs a 2D plane (H, W) or (H, W, C), got shape {plane.shape}")
+        self.grid = TileGrid(plane.shape[:2], self.tile_size, self.halo)
+        self._signature = self.store.signature(plane, content=content)
+        self.last_tile = None
+        if len(self.grid) == 1:
+            self._plane, self._rgb = plane, None
+        else:
+            # One intensity window for the whole plane, so neighbouring tiles agree.
+            self._plane, self._rgb = None, to_rgb_uint8(plane, self.predictor.normalization)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        self._require_plane()
+        return self.grid.shape
+
+    def _require_plane(self) -> None:
+        if self.grid is None:
+            raise RuntimeError("no plane set: call set_plane(plane) first")
+
+    # ---- embeddings -------------------------------------------------------------------
+
+    def _pixels_and_signature(self, tile: Tile) -> tuple[np.ndarray, Signature]:
+        if self._rgb is None:
+            return self._plane, self._signature
+        return self._rgb[tile.slices()], self._signature.with_tile(tile.window)
+
+    def embedding(self, tile: Tile, *, progress: Progress | None = None) -> Embedding:
+        """The tile's embedding (cached, else computed)."""
+        self._require_plane()
+        pixels, signature = self._pixels_and_signature(tile)
+        return self.store.get(pixels, signature=signature, progress=progress)
+
+    def cached(self, tile: Tile) -> bool:
+        """Whether the tile's embedding is available without running the encoder."""
+        self._require_plane()
+        pixels, signature = self._pixels_and_signature(tile)
+        return self.store.lookup(pixels, signature=signature) is not None
+
+    def tiles_for(self, points=None, box=None) -> list[Tile]:
+        """The tiles :meth:`predict` would embed for these points / box."""
+        self._require_plane()
+        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size, points, None, box)
+        bbox = prompt_bbox(prompts)
+        tile = self.grid.choose(bbox)
+        return [tile] if tile is not None else self.grid.overlapping(bbox)
+
+    def precompute(self, tiles: Iterable[Tile] | None = None, *, progress: Progress | None = None,
+                   keep_in_memory: bool = True) -> int:
+        """Embed ``tiles`` (default all) into the store; returns how many ran the encoder.
+
+        ``keep_in_memory=False`` only makes sure valid disk entries exist (for batch
+        precomputation; needs a store with a ``cache_dir``): entries already on disk are
+        verified and skipped, so an interrupted run resumes where it stopped.
+        """
+        self._require_plane()
+        tiles = list(self.grid.tiles if tiles is None else tiles)
+        computed = 0
+        for done, tile in enumerate(tiles):
+            if progress is not None:
+                progress(done, len(tiles))
+            pixels, signature = self._pixels_and_signature(tile)
+            if keep_in_memory:
+                before = self.store.encoder_calls
+                self.store.get(pixels, signature=signature)
+                computed += self.store.encoder_calls > before
+            else:
+                computed += self.store.ensure(pixels, signature=signature)
+        if progress is not None:
+            progress(len(tiles), len(tiles))
+        return computed
+
+    # ---- prediction -------------------------------------------------------------------
+
+    def predict(self, points=None, point_labels=None, box=None, mask_input=None,
+                multimask: bool | None = None) -> Candidates:
+        """Segment one object; same arguments and result as :meth:`Predictor.predict`.
+
+        Coordinates are ``(row, col)`` of the whole plane; masks are ``(N, H, W)`` over
+        the whole plane. ``Candidates.logits`` are the low-res logits of
+        :attr:`last_tile`.
+        """
+        self._require_plane()
+        if len(self.grid) == 1:
+            self.predictor.set_embedding(self.embedding(self.grid.tiles[0]))
+            self.last_tile = self.grid.tiles[0]
+            return self.predictor.predict(points, point_labels, box, mask_input, multimask)
+
+        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size,
+                                points, point_labels, box, mask_input)
+        if multimask is None:
+            multimask = prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
+        bbox = prompt_bbox(prompts)
+        if bbox is None:  # a mask_input alone refines the previous result in its tile
+            if self.last_tile is None:
+                raise ValueError("a mask_input alone needs a previous prediction on this plane")
+            return self._predict_in_tile(self.last_tile, prompts, multimask)
+        tile = self.grid.choose(bbox)
+        if (prompts.mask_input is not None and self.last_tile is not None
+                and self.grid.margin(self.last_tile, bbox) >= 0):
+            tile = self.last_tile  # refine where the previous logits came from
+        if tile is not None:
+            return self._predict_in_tile(tile, prompts, multimask)
+        return self._predict_merged(self.grid.overlapping(bbox), bbox, prompts, multimask)
+
+    def _local_prompts(self, tile: Tile, prompts: Prompts, *, need_positive: bool) -> dict | None:
+        """The prompts in the tile's frame, points outside it dropped and the box clipped.
+
+        None when nothing is left, or with ``need_positive`` when neither a positive point
+        nor a piece of the box is left (a tile that would only see negative points).
+        """
+        r0, c0 = tile.offset
+        height, width = tile.shape
+        local: dict = {"points": None, "point_labels": None, "box": None, "mask_input": None}
+        if prompts.points is not None:
+            points = prompts.points - (r0, c0)
+            inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= height - 0.5)
+                      & (points[:, 1] >= -0.5) & (points[:, 1] <= width - 0.5))
+            if inside.any():
+                local["points"], local["point_labels"] = points[inside], prompts.point_labels[inside]
+        if prompts.box is not None:
+            box = prompts.box - (r0, c0, r0, c0)
+            if box[0] <= height - 0.5 and box[2] >= -0.5 and box[1] <= width - 0.5 and box[3] >= -0.5:
+                local["box"] = np.clip(box, -0.5, [height - 0.5, width - 0.5, height - 0.5, width - 0.5])
+        if prompts.mask_input is not None:
+            local["mask_input"] = self._shift_logits(prompts.mask_input, tile)
+        positive = local["box"] is not None or (local["points"] is not None and bool(local["point_labels"].any()))
+        if need_positive and not positive:
+            return None
+        if local["points"] is None and local["box"] is None and local["mask_input"] is None:
+            return None
+        return local
+
+    def _shift_logits(self, logits: np.ndarray, tile: Tile) -> np.ndarray:
+        """Low-res logits of :attr:`last_tile` re-read in ``tile``'s frame."""
+        source = self.last_tile
+        if source is None or source == tile:
+            return logits
+        from scipy import ndimage
+
+        # All windows of a grid share one shape, hence one plane-pixels-per-logit scale.
+        scale = max(tile.shape) / logits.shape[0]
+        shift = ((source.offset[0] - tile.offset[0]) / scale, (source.offset[1] - tile.offset[1]) / scale)
+        return ndimage.shift(logits, shift, order=1, mode="nearest").astype(np.float32)
+
+    def _predict_in_tile(self, tile: Tile, prompts: Prompts, multimask: bool) -> Candidates:
+        local = self._local_prompts(tile, prompts, need_positive=False)
+        if local is None:  # cannot happen: the tile was chosen to hold the prompt
+            raise ValueError(f"the prompt is not inside tile {tile.index}")
+        self.predictor.set_embedding(self.embedding(tile))
+        result = self.predictor.predict(**local, multimask=multimask)
+        self.last_tile = tile
+        masks = np.zeros((len(result),) + self.grid.shape, dtype=bool)
+        masks[(slice(None),) + tile.slices()] = result.masks
+        return Candidates(masks=masks, scores=result.scores, logits=result.logits)
+
+    def _predict_merged(self, tiles: list[Tile], bbox, prompts: Prompts, multimask: bool) -> Candidates:
+        """Blend the logits of several tiles (prompts larger than one tile)."""
+        used = [(tile, local) for tile in tiles
+                if (local := self._local_prompts(tile, prompts, need_positive=True)) is not None]
+        if not used:
+            raise ValueError("the prompt has no positive point or box inside the plane")
+        top = min(t.window[0] for t, _ in used), min(t.window[1] for t, _ in used)
+        bottom = max(t.window[2] for t, _ in used), max(t.window[3] for t, _ in used)
+        region = (bottom[0] - top[0], bottom[1] - top[1])
+        centre = self.grid.tile_at((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+
+        total = weight_sum = score_sum = None
+        tile_weight_sum = 0.0
+        central_logits, central_tile = None, None
+        for tile, local in used:
+            embedding = self.embedding(tile)
+            self.predictor.set_embedding(embedding)
+            result = self.predictor.predict(**local, multimask=multimask)
+            logits = transforms.upscale_logits(
+                torch.from_numpy(result.logits)[None], embedding.input_size, embedding.original_size,
+                embedding.image_size,
+            )[0].numpy()
+            weights = self.grid.weights(tile)
+            if total is None:
+                total = np.zeros((len(result),) + region, np.float32)
+                weight_sum = np.zeros(region, np.float32)
+                score_sum = np.zeros(len(result), np.float64)
+            rows = slice(tile.window[0] - top[0], tile.window[2] - top[0])
+            cols = slice(tile.window[1] - top[1], tile.window[3] - top[1])
+            total[:, rows, cols] += logits * weights
+            weight_sum[rows, cols] += weights
+            # Rank-wise: each tile's candidates are already sorted by predicted IoU.
+            score_sum += result.scores * float(weights.sum())
+            tile_weight_sum += float(weights.sum())
+            if central_tile is None or tile == centre:
+                central_logits, central_tile = result.logits, tile
+
+        covered = weight_sum > 0
+        blended = np.where(covered, total / np.where(covered, weight_sum, 1.0), -np.inf)
+        scores = (score_sum / tile_weight_sum).astype(np.float32)
+        order = np.argsort(-scores, kind="stable")
+        masks = np.zeros((len(scores),) + self.grid.shape, dtype=bool)
+        masks[:, top[0] : bottom[0], top[1] : bottom[1]] = blended[order] > self.predictor.model.mask_threshold
+        self.last_tile = central_tile
+        return Candidates(masks=masks, scores=scores[order], logits=central_logits[order])

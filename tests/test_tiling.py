@@ -1,0 +1,292 @@
+"""Tile grid geometry (property tests) and TiledPredictor: prompt-centred tiles, stitching."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from napari_sam import transforms
+from napari_sam.embeddings import EmbeddingStore
+from napari_sam.imaging import to_rgb_uint8
+from napari_sam.model import build_sam
+from napari_sam.predictor import Embedding, Predictor
+from napari_sam.tiling import TiledPredictor, TileGrid, axis_split
+
+TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
+        "decoder_mlp_dim": 128}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_sam(TINY)
+
+
+# ---- geometry ---------------------------------------------------------------------------
+
+geometry = st.integers(2, 300).flatmap(
+    lambda tile: st.tuples(st.integers(1, 1500), st.just(tile), st.integers(0, (tile - 1) // 2)))
+
+
+@given(geometry)
+@settings(max_examples=300, deadline=None)
+def test_axis_cores_partition_windows_fit_and_halos_hold(args):
+    length, tile, halo = args
+    parts = axis_split(length, tile, halo)
+    assert parts[0][0] == 0 and parts[-1][1] == length
+    for (s0, e0, _, _), (s1, _, _, _) in zip(parts[:-1], parts[1:]):
+        assert e0 == s1  # cores are contiguous: they partition [0, length)
+    for start, end, w0, w1 in parts:
+        assert start < end
+        assert 0 <= w0 and w1 <= length and w1 - w0 == min(tile, length)
+        assert w0 <= max(start - halo, 0) and w1 >= min(end + halo, length)  # halo inside the window
+
+
+@given(st.integers(1, 400), st.integers(1, 400), st.integers(8, 128).flatmap(
+    lambda tile: st.tuples(st.just(tile), st.integers(0, (tile - 1) // 2))), st.data())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_tiles_cover_the_plane_and_the_chosen_tile_holds_a_point_with_margin(height, width, tile_halo, data):
+    tile_size, halo = tile_halo
+    grid = TileGrid((height, width), tile_size, halo)
+    cores = np.zeros((height, width), np.int32)
+    covered = np.zeros((height, width), bool)
+    for tile in grid:
+        r0, c0, r1, c1 = tile.core
+        cores[r0:r1, c0:c1] += 1
+        covered[tile.slices()] = True
+        assert tile.window[0] >= 0 and tile.window[1] >= 0
+        assert tile.window[2] <= height and tile.window[3] <= width
+    assert (cores == 1).all() and covered.all()
+
+    row = data.draw(st.floats(-0.5, height - 0.5))
+    col = data.draw(st.floats(-0.5, width - 0.5))
+    chosen = grid.choose((row, col, row, col))
+    assert chosen is not None
+    assert grid.margin(chosen, (row, col, row, col)) >= halo - 0.5  # pixel centres round by <= 0.5
+    # an object reaching `halo` pixels around the point is inside the tile (or cut by the plane only)
+    r0, c0, r1, c1 = chosen.window
+    assert r0 <= max(math.floor(row + 0.5) - halo, 0) and r1 >= min(math.floor(row + 0.5) + halo + 1, height)
+    assert c0 <= max(math.floor(col + 0.5) - halo, 0) and c1 >= min(math.floor(col + 0.5) + halo + 1, width)
+
+
+@given(st.integers(130, 400), st.integers(130, 400), st.data())
+@settings(max_examples=100, deadline=None)
+def test_a_box_within_twice_the_halo_gets_one_tile_else_the_overlapping_cores(height, width, data):
+    grid = TileGrid((height, width), 64, 8)
+    r0 = data.draw(st.integers(0, height - 1))
+    c0 = data.draw(st.integers(0, width - 1))
+    r1 = data.draw(st.integers(r0, min(height - 1, r0 + 150)))
+    c1 = data.draw(st.integers(c0, min(width - 1, c0 + 150)))
+    box = (r0, c0, r1, c1)
+    chosen = grid.choose(box)
+    if chosen is not None:
+        w = chosen.window
+        assert w[0] <= r0 and r1 < w[2] and w[1] <= c0 and c1 < w[3]
+    else:
+        # window starts are at most a core (+1) apart: boxes up to 2 * halo always fit
+        assert max(r1 - r0, c1 - c0) >= 2 * 8 - 1
+        tiles = grid.overlapping(box)
+        union = np.zeros((height, width), bool)
+        for tile in tiles:
+            union[tile.core[0]:tile.core[2], tile.core[1]:tile.core[3]] = True
+        assert union[r0:r1 + 1, c0:c1 + 1].all()
+
+
+def test_invalid_tile_geometry_is_refused(model):
+    with pytest.raises(ValueError, match="tile_size - 2 \\* halo"):
+        TileGrid((100, 100), 64, 32)
+    with pytest.raises(ValueError, match="tile_size - 2 \\* halo"):
+        TiledPredictor(Predictor(model), tile_size=64, halo=40)
+
+
+# ---- a deterministic stand-in for the model ----------------------------------------------
+
+
+class ThresholdPredictor(Predictor):
+    """Segments exactly the bright connected component under the prompt.
+
+    The "embedding" is the thresholded model input itself, at model-input resolution, and
+    decoding picks the components under the positive points (or inside the box, clipped to
+    it). With tiles of the model's input size there is no resizing, so a correct tiling gives
+    the object's exact pixels, and an object cut by a tile edge comes out cut.
+    """
+
+    def compute_embedding(self, image):
+        rgb = to_rgb_uint8(image, self.normalization)
+        resized = transforms.resize_rgb(rgb, self.model.image_size)
+        size = self.model.image_size
+        padded = np.zeros((size, size), np.float32)
+        padded[: resized.shape[0], : resized.shape[1]] = np.where(resized[..., 0] > 127, 10.0, -10.0)
+        return Embedding(torch.from_numpy(padded)[None, None], tuple(rgb.shape[:2]), tuple(resized.shape[:2]),
+                         size, "threshold")
+
+    def _decode(self, embedding, prompts, multimask):
+        foreground = embedding.features[0, 0].numpy() > 0
+        components, _ = ndimage.label(foreground)
+        keep = np.zeros_like(foreground)
+        if prompts.points is not None:
+            xy = transforms.points_rc_to_model_xy(prompts.points, embedding.original_size, embedding.image_size)
+            for (x, y), label in zip(xy, prompts.point_labels):
+                found = components[min(int(y), foreground.shape[0] - 1), min(int(x), foreground.shape[1] - 1)]
+                if label == 1 and found:
+                    keep |= components == found
+        if prompts.box is not None:
+            x0, y0, x1, y1 = transforms.boxes_rc_to_model_xyxy(prompts.box, embedding.original_size,
+                                                                embedding.image_size)
+            inside = np.zeros_like(foreground)
+            inside[math.ceil(y0): math.floor(y1) + 1, math.ceil(x0): math.floor(x1) + 1] = True
+            keep |= np.isin(components, np.unique(components[inside & foreground])) & inside & foreground
+        count = 3 if multimask else 1
+        logits = torch.from_numpy(np.where(keep, 10.0, -10.0).astype(np.float32))[None, None].repeat(1, count, 1, 1)
+        scores = torch.linspace(0.9, 0.7, count)[None]
+        return logits, scores
+
+
+def disc(shape, centre, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+@pytest.fixture(scope="module")
+def threshold_predictor(model):
+    return ThresholdPredictor(model)
+
+
+def test_object_straddling_a_core_border_comes_out_whole(threshold_predictor):
+    shape = (300, 420)
+    tiled = TiledPredictor(threshold_predictor, tile_size=128, halo=32)
+    grid = TileGrid(shape, 128, 32)
+    border = grid.tile(1, 1).core[0]  # a row where two cores meet
+    obj = disc(shape, (border, 200), 20)
+    tiled.set_plane(np.where(obj, 200, 20).astype(np.uint8))
+    for click in [(border - 15, 200), (border + 12, 195), (border, 200)]:
+        candidates = tiled.predict(points=[click])
+        np.testing.assert_array_equal(candidates.best, obj)
+    assert tiled.store.encoder_calls <= 3
+
+
+@given(st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_click_inside_an_object_within_the_halo_gives_the_whole_object(threshold_predictor, data):
+    shape = (260, 330)
+    radius = data.draw(st.integers(3, 15))
+    centre = (data.draw(st.integers(radius, shape[0] - radius - 1)),
+              data.draw(st.integers(radius, shape[1] - radius - 1)))
+    obj = disc(shape, centre, radius)
+    rows, cols = np.nonzero(obj)
+    pick = data.draw(st.integers(0, len(rows) - 1))
+    tiled = TiledPredictor(threshold_predictor, tile_size=128, halo=2 * radius)
+    tiled.set_plane(np.where(obj, 220, 10).astype(np.uint8))
+    np.testing.assert_array_equal(tiled.predict(points=[(rows[pick], cols[pick])]).best, obj)
+
+
+def test_box_larger_than_a_tile_is_stitched_from_several_tiles_without_seams(threshold_predictor):
+    shape = (600, 600)
+    rows, cols = np.ogrid[:600, :600]
+    obj = ((rows - 200) / 150.0) ** 2 + ((cols - 190) / 110.0) ** 2 <= 1  # 300 x 220 ellipse
+    other = disc(shape, (30, 380), 10) | disc(shape, (500, 500), 30)  # outside the box: must stay out
+    tiled = TiledPredictor(threshold_predictor, tile_size=128, halo=16)
+    tiled.set_plane(np.where(obj | other, 200, 30).astype(np.uint16))
+    box = (45, 75, 355, 305)
+    candidates = tiled.predict(box=box)
+    assert len(candidates) == 1
+    np.testing.assert_array_equal(candidates.best, obj)
+    used = tiled.tiles_for(box=box)
+    assert len(used) > 1 and tiled.store.encoder_calls == len(used) < len(tiled.grid)
+
+
+def test_only_the_tiles_a_prompt_needs_are_embedded(model):
+    predictor = Predictor(model)
+    tiled = TiledPredictor(predictor, tile_size=128, halo=16)
+    plane = np.random.default_rng(0).integers(0, 1000, (1000, 900)).astype(np.uint16)
+    tiled.set_plane(plane)
+    assert tiled.store.encoder_calls == 0
+    candidates = tiled.predict(points=[(510, 433)])
+    assert tiled.store.encoder_calls == 1
+    assert candidates.masks.shape == (3, 1000, 900) and candidates.logits.shape == (3, *model.low_res_size)
+    r0, c0, r1, c1 = tiled.last_tile.window
+    outside = candidates.masks.copy()
+    outside[:, r0:r1, c0:c1] = False
+    assert not outside.any()
+    tiled.predict(points=[(515, 440)])  # same tile: cached
+    assert tiled.store.encoder_calls == 1
+    assert tiled.cached(tiled.last_tile) and not tiled.cached(tiled.grid.tile(0, 0))
+
+
+def test_refining_with_mask_input_reuses_the_tile_of_the_logits(model):
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(np.random.default_rng(1).random((500, 500)).astype(np.float32))
+    first = tiled.predict(points=[(250, 250)])
+    tile = tiled.last_tile
+    refined = tiled.predict(points=[(250, 250), (260, 255)], point_labels=[1, 0], mask_input=first.logits[0])
+    assert tiled.last_tile == tile and len(refined) == 1
+    alone = tiled.predict(mask_input=refined.logits[0])
+    assert alone.masks.shape == (1, 500, 500)
+
+
+def test_small_planes_behave_exactly_like_predictor(model):
+    plane = np.random.default_rng(2).integers(0, 255, (100, 120)).astype(np.uint8)
+    reference = Predictor(model)
+    reference.set_image(plane)
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    for prompt in [dict(points=[(40, 50)]), dict(box=(10, 20, 80, 90)),
+                   dict(points=[(40, 50), (60, 70)], point_labels=[1, 0], multimask=True)]:
+        expected, got = reference.predict(**prompt), tiled.predict(**prompt)
+        np.testing.assert_array_equal(got.masks, expected.masks)
+        np.testing.assert_array_equal(got.scores, expected.scores)
+        np.testing.assert_array_equal(got.logits, expected.logits)
+    assert len(tiled.grid) == 1
+
+
+def test_tiled_embeddings_are_cached_on_disk_with_their_geometry(model, tmp_path):
+    plane = np.random.default_rng(3).integers(0, 1000, (300, 300)).astype(np.uint16)
+    predictor = Predictor(model)
+    tiled = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    assert tiled.precompute() == len(tiled.grid)
+    assert len(list(Path(tmp_path).rglob("*.pt"))) == len(tiled.grid)
+    fresh = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=16)
+    fresh.set_plane(plane)
+    fresh.predict(points=[(150, 150)])
+    fresh.predict(box=(10, 10, 290, 290))
+    assert fresh.store.encoder_calls == 0
+    other = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=24)
+    other.set_plane(plane)
+    other.predict(points=[(150, 150)])  # other windows: their own entries
+    assert other.store.encoder_calls == 1
+
+
+DEFAULT_WEIGHTS = Path(__file__).parents[1] / "src" / "napari_sam" / "weights" / "default.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the bundled default model is not built yet")
+def test_default_model_segments_a_cell_across_a_tile_border_as_one_mask():
+    from napari_sam.models import load_model
+
+    predictor = Predictor(load_model("default", device="cpu"))
+    size = predictor.model.image_size
+    shape = (int(size * 2.2), int(size * 1.5))
+    grid = TileGrid(shape, size, size // 8)
+    border = grid.tile(1, 0).core[0]
+    rng = np.random.default_rng(0)
+    obj = disc(shape, (border, shape[1] // 2), size // 12)
+    plane = (rng.normal(40, 5, shape) + 120 * obj).astype(np.float32)
+    tiled = TiledPredictor(predictor)
+    tiled.set_plane(plane)
+    mask = tiled.predict(points=[(border - size // 24, shape[1] // 2)]).best
+    labels, count = ndimage.label(mask)
+    assert count >= 1
+    biggest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    iou = (biggest & obj).sum() / (biggest | obj).sum()
+    assert iou > 0.8
+    assert biggest[border - 5: border + 5].any()  # crosses the core border
