@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage import measure
 
 __all__ = [
     "KINDS",
@@ -441,7 +442,6 @@ def _place(batches, shape, density, max_overlap, clustering, rng):
     target = density * h * w
 
     placed_batch, placed_row, placed_corners, areas = [], [], [], []
-    to_check = set()  # objects that may be in pieces: cut by the frame or by later objects
     covered = 0
     for n, (_, _, bi, row) in enumerate(order):
         if covered >= target:
@@ -463,15 +463,7 @@ def _place(batches, shape, density, max_overlap, clustering, rng):
             n_overlap = np.count_nonzero(lab[in_frame])
             if n_overlap > max_overlap * n_in:
                 continue
-            if n_overlap:
-                claim = inside & (q < qm)
-                # contested pixels may cut this object or the ones it took them from
-                to_check.update(np.unique(lab[claim & (lab > 0)]).tolist())
-                to_check.add(len(areas) + 1)
-            else:
-                claim = in_frame
-            if not whole[t]:
-                to_check.add(len(areas) + 1)  # the frame edge may cut a bent object in two
+            claim = inside & (q < qm) if n_overlap else in_frame
             np.copyto(lab, len(areas) + 1, where=claim)
             np.copyto(qm, q, where=claim)
             placed_batch.append(bi)
@@ -487,25 +479,27 @@ def _place(batches, shape, density, max_overlap, clustering, rng):
         np.array(placed_corners, dtype=np.intp).reshape(-1, 2),
         np.array(areas, dtype=np.int64),
     )
-    return labels, pad, placed, to_check
+    return labels, pad, placed
 
 
-def _tidy(labels, placed, to_check, crop_sizes):
-    """Keep the largest piece of each object in ``to_check``, drop slivers, in place.
+def _tidy(labels, placed):
+    """Keep the largest piece of each object and drop slivers, in place.
 
-    Returns (M + 1,) int32 new ids indexed by old id: 0 for dropped objects, the kept
-    ones renumbered 1..K in placement order.
+    Contested pixels or the frame edge can cut an object in two (crossing rods, a
+    bent nucleus at the border). Returns (M + 1,) int32 new ids indexed by old id:
+    0 for dropped objects, the kept ones renumbered 1..K in placement order.
     """
-    for obj in sorted(to_check):
-        r0, c0 = placed.top_left[obj - 1]
-        s = crop_sizes[obj - 1]
-        window = labels[r0 : r0 + s, c0 : c0 + s]
-        mine = window == obj
-        pieces, n_pieces = ndi.label(mine)
-        if n_pieces > 1:
-            largest = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
-            window[mine & (pieces != largest)] = 0
     n = len(placed.area)
+    pieces = measure.label(labels, background=0, connectivity=1)
+    if pieces.max() > n:
+        owner = np.zeros(pieces.max() + 1, np.int64)
+        owner[pieces.ravel()] = labels.ravel()
+        size = np.bincount(pieces.ravel())
+        order = np.lexsort((size, owner))  # by owner, then by size: the last is the largest
+        largest = order[np.r_[owner[order][1:] != owner[order][:-1], True]]
+        keep = np.zeros(len(owner), bool)
+        keep[largest] = True
+        labels[~keep[pieces]] = 0
     area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = area >= np.maximum(MIN_OBJECT_PIXELS, _MIN_KEPT_FRACTION * placed.area)
     new_ids = np.zeros(n + 1, np.int32)
@@ -555,7 +549,7 @@ def _object_levels(n, rng, style):
     level = np.exp(rng.normal(0, style["level_sd"], n))
     u = rng.random(n)
     dim = u < style["dim_fraction"]
-    level[dim] *= rng.uniform(0.15, 0.45, n)[dim]
+    level[dim] *= rng.uniform(0.25, 0.5, n)[dim]
     bright = u > 1 - style["bright_fraction"]
     level[bright] *= rng.uniform(1.5, 2.5, n)[bright]
     return level.astype(np.float32), bright
@@ -601,7 +595,7 @@ def _object_values(modality, batch, style, rng):
     q = batch.q
     level, bright = _object_levels(n, rng, style)
     level = level[:, None, None]
-    texture = (style["texture_amp"] * rng.uniform(0.5, 1.3, n)).astype(np.float32)
+    texture = (style["texture_amp"] * rng.uniform(0.6, 1.2, n)).astype(np.float32)
     texture[bright] *= 1.6  # condensed, mitotic-looking chromatin
     texture = texture[:, None, None]
     if batch.kind == "small spot":
@@ -676,7 +670,9 @@ def _grain(amplitude, spacing, style, rng):
     of the object size; its exponential gives bright chromocentres and dark nucleoli.
     """
     t = _texture_field(amplitude.shape, style["texture_scale"] * spacing, rng)
-    return np.exp(amplitude * t - amplitude * amplitude / 2)
+    grain = amplitude * t
+    grain -= 0.5 * amplitude * amplitude
+    return np.exp(grain, out=grain)
 
 
 _TEXTURE_SIGMAS = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
@@ -723,8 +719,8 @@ def _style(modality, rng, overrides):
         "level_sd": float(rng.uniform(0.08, 0.3)),
         "dim_fraction": float(rng.uniform(0.0, 0.15)),
         "bright_fraction": float(rng.choice([0.0, rng.uniform(0.0, 0.06)])),
-        "texture_amp": float(rng.uniform(0.25, 0.9)),
-        "texture_scale": float(rng.uniform(0.06, 0.13)),
+        "texture_amp": float(rng.uniform(0.2, 0.75)),
+        "texture_scale": float(rng.uniform(0.05, 0.12)),
         "irregularity": float(rng.uniform(0.03, 0.16)),
         "nucleoli": float(rng.uniform(0.2, 0.7) if rng.random() < 0.3 else 0.0),
         "psf_sigma": float(rng.uniform(0.5, 2.0)),
@@ -769,27 +765,42 @@ def _style(modality, rng, overrides):
 
 
 def _finish_fluorescence(canvases, labels, spacing, dtype, style, rng):
+    # in-place arithmetic throughout: a 512 x 512 temporary costs as much as the sum
     sharp, glow, texture = canvases
     shape = labels.shape
-    signal = sharp + glow
-    if texture.any():
-        signal *= _grain(texture, spacing, style, rng)
-    if glow.any():
-        glow *= signal / np.maximum(sharp + glow, 1e-6)
-        signal += ndi.gaussian_filter(glow, min(1.0 + 0.12 * spacing, 5.0), truncate=2.5) - glow
     h, w = shape
-    background = style["background"] + style["haze"] * np.maximum(_smooth_field(shape, rng, 2.5 * spacing), 0)
-    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w) / 2))
-    signal = ndi.gaussian_filter(illumination * (signal + background), style["psf_sigma"], truncate=3.0)
+    if texture.any():
+        grain = _grain(texture, spacing, style, rng)
+        sharp *= grain
+        glow *= grain
+    signal = sharp
+    if glow.any():
+        signal += ndi.gaussian_filter(glow, min(1.0 + 0.12 * spacing, 5.0), truncate=2.5)
+    haze = _smooth_field(shape, rng, 2.5 * spacing)
+    np.maximum(haze, 0, out=haze)
+    haze *= style["haze"]
+    signal += haze
+    signal += style["background"]
+    illumination = np.tanh(_smooth_field(shape, rng, max(h, w) / 2))
+    illumination *= style["vignetting"]
+    illumination += 1
+    signal *= illumination
+    signal = ndi.gaussian_filter(signal, style["psf_sigma"], truncate=3.0)
     # shot noise (Poisson, as a Gaussian) and camera read noise in one draw
-    sd = np.sqrt(np.maximum(signal, 0) / style["photons"] + style["read_noise"] ** 2)
-    signal += sd * rng.standard_normal(shape, dtype=np.float32)
+    sd = np.maximum(signal, 0)
+    sd *= 1 / style["photons"]
+    sd += style["read_noise"] ** 2
+    np.sqrt(sd, out=sd)
+    sd *= rng.standard_normal(shape, dtype=np.float32)
+    signal += sd
     if dtype == np.uint8:
         # a negative offset clips the background to 0, as in many 8-bit exports
         offset, gain, top = rng.uniform(-8, 6), style["target_level"], 255
     else:
         offset, gain, top = rng.uniform(80, 500), _log_uniform(rng, 300, 4000), 65535
-    return _quantise(offset + gain * signal, dtype, top)
+    signal *= gain
+    signal += offset
+    return _quantise(signal, dtype, top)
 
 
 def _finish_brightfield(canvases, labels, spacing, dtype, style, rng):
@@ -852,7 +863,8 @@ def _finish_histology(canvases, labels, spacing, dtype, style, rng):
 
 
 def _quantise(values, dtype, top):
-    return np.clip(np.rint(values), 0, top).astype(dtype)
+    np.rint(values, out=values)
+    return np.clip(values, 0, top, out=values).astype(dtype)
 
 
 # --------------------------------------------------------------------------- driver
@@ -876,9 +888,8 @@ def _generate(shape, modality, kinds, density, size_range, dtype, rng, overrides
         n = min(int(np.ceil(1.2 * density * frac * h * w / mean_area)) + 1, MAX_OBJECTS // len(kinds))
         batches += _make_batches(kind, _sample_sizes(lo, hi, n, rng), style["irregularity"], rng)
 
-    labels, pad, placed, to_check = _place(batches, shape, density, style["max_overlap"], style["clustering"], rng)
-    crop_sizes = np.array([batches[b].q.shape[1] for b in placed.batch], dtype=np.intp)
-    new_ids = _tidy(labels, placed, to_check, crop_sizes)
+    labels, pad, placed = _place(batches, shape, density, style["max_overlap"], style["clustering"], rng)
+    new_ids = _tidy(labels, placed)
     labels = new_ids[labels]
     canvases = _paint(modality, batches, placed, new_ids, labels, style, rng)
 
