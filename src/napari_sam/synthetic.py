@@ -683,8 +683,8 @@ _texture_tiles: dict[float, np.ndarray] = {}
 def _texture_field(shape, sigma, rng):
     """(H, W) float32 zero-mean unit-sd noise blurred by about ``sigma`` px.
 
-    Cut at a random place and orientation from a fixed tile per sigma, made on first
-    use: fresh noise would cost a large blur per image, and grain needs no novelty.
+    Cut at a random place from a fixed, read-only tile per sigma, made on first use:
+    fresh noise would cost a large blur per image, and grain needs no novelty.
     """
     sigma = min(_TEXTURE_SIGMAS, key=lambda s: abs(s - sigma))
     h, w = shape
@@ -692,7 +692,9 @@ def _texture_field(shape, sigma, rng):
         return _blurred_noise(shape, sigma, rng)
     tile = _texture_tiles.get(sigma)
     if tile is None:
-        tile = _texture_tiles.setdefault(sigma, _blurred_noise((_TEXTURE_TILE,) * 2, sigma, np.random.default_rng(0)))
+        tile = _blurred_noise((_TEXTURE_TILE,) * 2, sigma, np.random.default_rng(0))
+        tile.flags.writeable = False
+        tile = _texture_tiles.setdefault(sigma, tile)
     r0, c0 = rng.integers(0, _TEXTURE_TILE - h + 1), rng.integers(0, _TEXTURE_TILE - w + 1)
     return tile[r0 : r0 + h, c0 : c0 + w]
 
@@ -855,8 +857,8 @@ def _finish_histology(canvases, labels, spacing, dtype, style, rng):
     rgb = np.empty(shape + (3,), dtype)
     for c in range(3):
         channel = np.exp(-(hema * stains[0, c] + eosin * stains[1, c])) * brightness
-        # uniform noise of the same sd: a third of the cost of normal, and no one can
-        # tell them apart after JPEG-like processing in real slide scans
+        # uniform noise of the same sd: a fifth of the cost of normal draws, and slide
+        # scanner noise is far from Gaussian after JPEG compression anyway
         channel += (style["noise"] * np.sqrt(12)) * (rng.random(shape, dtype=np.float32) - np.float32(0.5))
         rgb[..., c] = _quantise(top * channel, dtype, top)
     return rgb
