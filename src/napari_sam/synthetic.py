@@ -314,7 +314,8 @@ def _shape_params(kind, size, irregularity, rng):
         if kind == "cell":
             p["inner_radius"] = rng.uniform(0.28, 0.45, n) * p["b"]
             p["inner_aspect"] = np.sqrt(rng.uniform(1.0, 1.6, n))
-            p["inner_offset"] = rng.uniform(-0.3, 0.3, (n, 2)) * (np.stack([p["a"], p["b"]], 1) - p["inner_radius"][:, None])
+            room = np.stack([p["a"], p["b"]], 1) - p["inner_radius"][:, None]
+            p["inner_offset"] = rng.uniform(-0.3, 0.3, (n, 2)) * room
     elif kind == "elongated cell":
         # a capsule around a parabolically bent centre line
         p["half_length"] = size / 2
