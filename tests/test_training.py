@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 from napari_sam.model import build_sam
 from napari_sam.training import data as data_mod
-from napari_sam.training.data import Augmentation, Sample, SampleSet, find_pairs, load_pairs, samples_from_arrays
+from napari_sam.training.data import Augmentation, SampleSet, find_pairs, load_pairs, samples_from_arrays
 from napari_sam.training.lora import LoRALinear, apply_lora, configure_trainable, merge_lora
 from napari_sam.training.losses import dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
 from napari_sam.training.simulation import make_schedule, sample_correction_points
@@ -162,7 +162,8 @@ def _recording_trainer(config: TrainConfig) -> tuple[Trainer, list[dict]]:
     calls: list[dict] = []
     decode = trainer.sam.decode
 
-    def recording(embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None, multimask=True):
+    def recording(embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None, multimask=True,
+                  **extra):
         calls.append({
             "points": 0 if point_coords is None else point_coords.shape[1],
             "labels": None if point_labels is None else point_labels.clone(),
@@ -170,7 +171,7 @@ def _recording_trainer(config: TrainConfig) -> tuple[Trainer, list[dict]]:
             "mask": mask_inputs,
             "multimask": multimask,
         })
-        return decode(embeddings, point_coords, point_labels, boxes, mask_inputs, multimask)
+        return decode(embeddings, point_coords, point_labels, boxes, mask_inputs, multimask, **extra)
 
     trainer.sam.decode = recording
     return trainer, calls

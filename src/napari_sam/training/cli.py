@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "object). Images and labels are matched by file name: two folders with the same names, "
             "or one folder with X_image.tif + X_labels.tif. Stacks give one sample per plane. "
             "Writes the best model (by validation IoU) to --out and the training state beside it "
-            "(<out>.state.pt), which --resume continues from. Ctrl+C stops after the current step "
+            "(model.pt -> model.state.pt), which --resume continues from. Ctrl+C stops after the current step "
             "and keeps a resumable state."
         ),
     )
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print("\nstopping after this step (Ctrl+C again to abort)...", file=sys.stderr)
         cancel.set()
 
-    previous = signal.signal(signal.SIGINT, interrupt) if threading.current_thread() is threading.main_thread() else None
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt) if on_main_thread else None
     progress = _Progress()
     try:
         result = finetune(

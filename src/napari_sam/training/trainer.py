@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,12 @@ class TrainConfig:
     checkpoint_every : int
         Also write the training state every this many steps; 0: only after each epoch.
     synthetic_shape, synthetic_steps_per_epoch, synthetic_val_images : synthetic data.
+    text_probability : float
+        Share of steps that also train text prompts (needs a model with a text path and
+        data with object kinds): the step's objects get their kind's phrase beside their
+        points / boxes in every round, and each kind in the image (plus one absent kind,
+        whose target is empty) is segmented from text alone in two rounds, the second
+        refining the first's mask.
     """
 
     train: str = "decoder"
@@ -135,6 +141,7 @@ class TrainConfig:
     synthetic_shape: tuple[int, int] = (256, 256)
     synthetic_steps_per_epoch: int = 50
     synthetic_val_images: int = 4
+    text_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -322,12 +329,23 @@ class Trainer:
         self.encoder_trained = encoder_is_trained(config.train)
         self.train_set = train_set
         self.val_set = SampleSet(list(val_samples), self.sam.image_size, config.min_object_pixels)
+        if self.val_set.object_count() == 0:
+            raise ValueError(
+                f"no validation object has at least {config.min_object_pixels} pixels at the model's input size"
+            )
         self.augmentation = config.augmentation()
         self.weights = config.loss_weights()
         self.state_path = Path(state_path) if state_path is not None else None
         self.on_progress = on_progress
         self.cancel = cancel
         self.cache = _EmbeddingCache(int(config.cache_megabytes) * 2**20)
+        self.phrases = None
+        if config.text_probability > 0:
+            if not getattr(self.sam, "supports_text", False):
+                raise ValueError("text_probability > 0 needs a model with a text path (config text_dim)")
+            from .text_prompts import PhraseBank
+
+            self.phrases = PhraseBank(device=self.device)
 
         self.steps_per_epoch = max(1, train_set.steps_per_epoch(config.objects_per_step))
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -454,6 +472,13 @@ class Trainer:
             # Each round back-propagates into this leaf; the encoder runs backward once.
             encoder_output, embedding = embedding, embedding.detach().requires_grad_(True)
 
+        text = None
+        use_text = bool(self.phrases is not None and augmented.classes and rng.random() < config.text_probability)
+        if use_text:
+            kinds = [augmented.classes.get(int(i)) for i in ids]
+            if all(kind in self.phrases.phrases for kind in kinds):
+                text = self.phrases.sample(kinds, rng)
+
         first_is_box = bool(rng.random() < config.box_probability)
         schedule = make_schedule(rng, config.rounds, first_is_box)
         boxes = None
@@ -481,7 +506,9 @@ class Trainer:
             if coords.shape[1]:
                 point_coords = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
                 point_labels = torch.as_tensor(labels, device=self.device)
-            logits, iou = self.sam.decode(embedding, point_coords, point_labels, boxes, mask_input, round_.multimask)
+            logits, iou = self.sam.decode(
+                embedding, point_coords, point_labels, boxes, mask_input, round_.multimask, text_embeddings=text
+            )
             loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.weights)
             (loss.total / len(schedule)).backward()
             mask_input = logits[torch.arange(batch, device=logits.device), loss.best][:, None].detach()
@@ -489,6 +516,8 @@ class Trainer:
             if round_.index == 0:
                 first_mask_loss = float(loss.mask.detach())
             last_mask_loss = float(loss.mask.detach())
+
+        text_only_loss = self._text_only_rounds(embedding, augmented, rng) if use_text else float("nan")
 
         if self.encoder_trained:
             encoder_output.backward(embedding.grad)
@@ -503,7 +532,35 @@ class Trainer:
             "last_round_mask_loss": last_mask_loss,
             "objects": int(batch),
             "box_first": first_is_box,
+            "text_only_loss": text_only_loss,
         }
+
+    def _text_only_rounds(self, embedding: torch.Tensor, prepared: Prepared, rng: np.random.Generator) -> float:
+        """Segment every kind present (and one absent) from text alone; back-propagate.
+
+        The target of a kind is the union of its objects; an absent kind's is empty, which
+        teaches the model to say "none here" rather than segment whatever is there.
+        """
+        present = sorted({prepared.classes[int(i)] for i in np.unique(prepared.labels) if int(i) in prepared.classes})
+        kinds = [kind for kind in present if kind in self.phrases.phrases]
+        absent = [kind for kind in self.phrases.kinds() if kind not in present]
+        if absent:
+            kinds.append(absent[int(rng.integers(len(absent)))])
+        if not kinds:
+            return float("nan")
+        ids_of = {kind: [i for i, k in prepared.classes.items() if k == kind] for kind in kinds}
+        masks = np.stack([np.isin(prepared.labels, ids_of[kind]) for kind in kinds])
+        targets, (vh, vw) = self._low_res_targets(masks)
+        targets = targets[..., :vh, :vw]
+        text = self.phrases.sample(kinds, rng)
+        mask_input, losses = None, []
+        for _ in range(2):
+            logits, iou = self.sam.decode(embedding, mask_inputs=mask_input, multimask=False, text_embeddings=text)
+            loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.weights)
+            (loss.total / 2).backward()
+            mask_input = logits.detach()
+            losses.append(float(loss.total.detach()))
+        return float(np.mean(losses))
 
     # -- validation -------------------------------------------------------------------
 
