@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         elif event["event"] in ("epoch", "done", "cancelled"):
             print(json.dumps({k: v for k, v in event.items() if k != "history"}, default=str), flush=True)
 
-    result = finetune("synthetic", base=sam, out=args.out, resume=args.resume, config=config, on_progress=log)
+    # `touch <out>.stop` ends the run cleanly: the best model so far is saved.
+    stop_file = args.out.with_suffix(".stop")
+    stop_file.unlink(missing_ok=True)
+    result = finetune(
+        "synthetic", base=sam, out=args.out, resume=args.resume, config=config, on_progress=log,
+        cancel=stop_file.exists,
+    )
     metadata = dict(result.model.metadata or {})
     metadata.update(
         {
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_synonyms": {kind: list(words) for kind, words in HELD_OUT_SYNONYMS.items()},
             "command": "python -m napari_sam.training.default_model " + " ".join(argv or sys.argv[1:]),
             "training_seconds": round(time.time() - start),
+            "complete": not result.cancelled,
         }
     )
     save_model(result.model, args.out, metadata=metadata)
