@@ -219,9 +219,9 @@ def test_added_point_refines_from_the_chosen_candidates_logits(start, qtbot, tin
     calls = []
     original = widget.predictor.predict
 
-    def spy(**kwargs):
-        calls.append(kwargs)
-        return original(**kwargs)
+    def spy(points=None, point_labels=None, box=None, mask_input=None, multimask=None, **kwargs):
+        calls.append({"points": points, "point_labels": point_labels, "mask_input": mask_input})
+        return original(points, point_labels, box, mask_input, multimask, **kwargs)
 
     monkeypatch.setattr(widget.predictor, "predict", spy)
     add_point(qtbot, widget, (100, 100))
@@ -319,13 +319,18 @@ def test_anisotropic_scale_and_translate_map_world_prompts_to_plane_pixels(start
     assert tuple(labels.scale) == scale and tuple(labels.translate) == translate
     np.testing.assert_array_equal(labels.data[1] == 1, disk((40, 60), (row, col), 3))
     assert not labels.data[[0, 2]].any()
+    # A user's Points layer gets the sign feature when a negative point is asked for.
+    widget.toggle_sign()
+    with qtbot.waitSignal(widget.predicted, timeout=TIMEOUT):
+        world_points.add(np.array(world))
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(calls[-1]["labels"], [0])
 
 
 def test_rgb_image_is_segmented_as_colour(start, qtbot, tiny_model, monkeypatch):
     rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3)).astype(np.uint8)
     viewer, widget = start(rgb, tiny_model, rgb=True)
     assert widget.store.lookup(rgb) is not None  # the (H, W, 3) plane was embedded
-    assert widget._embedding.original_size == (40, 50)
     fake_decoder(widget, monkeypatch, radius=4)
     add_point(qtbot, widget, (20, 25))
     accept(qtbot, widget)
@@ -357,7 +362,7 @@ def test_switching_slices_reuses_cached_embeddings(start, qtbot, tiny_model):
     for z in (1, 0, 1, 0):
         viewer.dims.set_current_step(0, z)
         wait_idle(qtbot, widget)
-        assert widget._embedding_key == widget._ref.key
+        assert widget.plane_ready
     assert widget.store.encoder_calls == 2
 
 
@@ -372,13 +377,69 @@ def test_neighbouring_slices_are_precomputed_when_asked(start, qtbot, tiny_model
     viewer.dims.set_current_step(0, 5)
     wait_idle(qtbot, widget)
     assert widget.store.encoder_calls == 6  # 5 was ready; 6 precomputed (4 and 3 are cached)
-    assert widget._embedding_key == widget._ref.key
+    assert widget.plane_ready
+
+
+def test_large_plane_embeds_only_the_tile_under_the_prompt(start, qtbot, tiny_model, monkeypatch):
+    image = np.random.default_rng(5).integers(0, 255, (300, 340)).astype(np.uint8)  # tiny model: 128 px tiles
+    viewer, widget = start(image, tiny_model)
+    assert widget.store.encoder_calls == 0  # nothing is embedded before a prompt
+    fake_decoder(widget, monkeypatch, radius=5)
+    add_point(qtbot, widget, (250, 40))
+    assert widget.store.encoder_calls == 1
+    accept(qtbot, widget)
+    np.testing.assert_array_equal(widget.labels_layer.data == 1, disk(image.shape, (250, 40), 5))
+
+
+def test_untiled_large_plane_is_embedded_whole_at_once(start, qtbot, tiny_model):
+    image = np.random.default_rng(6).integers(0, 255, (300, 340)).astype(np.uint8)
+    viewer, widget = start(image, tiny_model)
+    widget.tile_check.setChecked(False)
+    wait_idle(qtbot, widget)
+    assert widget.store.encoder_calls == 1 and widget.plane_ready
+
+
+def test_mask_prompt_is_given_in_the_frame_of_the_tile_used(start, qtbot, tiny_model, monkeypatch):
+    from napari_sam._napari.mask_prompt import mask_to_low_res_logits
+
+    image = np.zeros((300, 300), np.uint8)
+    viewer, widget = start(image, tiny_model)
+    existing = np.zeros((300, 300), np.int32)
+    existing[200:230, 210:240] = 4
+    labels = viewer.add_labels(existing, name="annotations")
+    labels.selected_label = 4
+    widget.mask_combo.set_layer(labels)
+    calls = fake_decoder(widget, monkeypatch, radius=5)
+    add_point(qtbot, widget, (215, 225))
+    (tile,) = widget._tiled.tiles_for(points=[(215, 225)])
+    expected = mask_to_low_res_logits((existing == 4)[tile.slices()], 128, tiny_model.low_res_size)
+    np.testing.assert_allclose(calls[-1]["mask_input"], expected)
+    np.testing.assert_allclose(calls[-1]["points"], [[215 - tile.offset[0], 225 - tile.offset[1]]])
+
+
+def test_cancel_stops_an_embedding_and_a_prompt_restarts_it(start, qtbot, tiny_model, monkeypatch):
+    import time
+
+    stack = np.random.default_rng(7).integers(0, 255, (3, 40, 40)).astype(np.uint8)
+    viewer, widget = start(stack, tiny_model)
+    block = tiny_model.image_encoder.blocks[0]
+    slow = block.forward
+    monkeypatch.setattr(block, "forward", lambda x: (time.sleep(0.25), slow(x))[1])
+    viewer.dims.set_current_step(0, 0)
+    qtbot.waitUntil(lambda: widget._embed_worker is not None, timeout=TIMEOUT)
+    assert widget.cancel_button.isVisible() or not widget.isVisible()
+    widget.cancel()
+    wait_idle(qtbot, widget)
+    assert not widget.plane_ready and widget.store.encoder_calls == 1
+    assert "cancelled" in widget.status_label.text()
+    add_point(qtbot, widget, (20, 20), z=[0])
+    assert widget.plane_ready and widget.store.encoder_calls == 2 and widget.candidates
 
 
 def test_worker_error_becomes_a_notification(start, qtbot, tiny_model, monkeypatch):
     viewer, widget = start(np.zeros((32, 32), np.uint8), tiny_model)
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(widget.predictor, "predict", broken)
@@ -403,10 +464,12 @@ def test_keys_and_sign_toggle(start, qtbot, tiny_model):
     wait_idle(qtbot, widget)
     assert list(points.features[L.SIGN_FEATURE]) == [L.NEGATIVE]
     np.testing.assert_allclose(points.face_color[0], [1, 0, 0, 1])
-    points.selected_data = {0}
-    widget.toggle_sign()  # flips the selected point and the next one
+    widget.toggle_sign()
+    with qtbot.waitSignal(widget.predicted, timeout=TIMEOUT):
+        points.add(np.array([9.0, 9.0]))
     wait_idle(qtbot, widget)
-    assert list(points.features[L.SIGN_FEATURE]) == [L.POSITIVE]
+    assert list(points.features[L.SIGN_FEATURE]) == [L.NEGATIVE, L.POSITIVE]  # existing points keep theirs
+    np.testing.assert_allclose(points.face_color[1], [0, 1, 0, 1])
     widget.clear()
     wait_idle(qtbot, widget)
     assert len(points.data) == 0 and not widget.candidates

@@ -147,6 +147,38 @@ def shifted_ref(ref: PlaneRef, axis: int, step: int, image_layer) -> PlaneRef | 
     return PlaneRef(ref.layer_name, ref.layer_id, tuple(index), ref.channel_axis, ref.shape)
 
 
+class LazyPlane:
+    """The plane ``ref`` of a (possibly lazy) nD array, read only when and where indexed.
+
+    ``plane[rows, cols]`` reads just that window of the layer's data (one tile of a large
+    plane on disk); ``np.asarray(plane)`` reads the whole plane. Nothing is read on the
+    GUI thread when a worker does the indexing.
+    """
+
+    def __init__(self, data, ref: PlaneRef) -> None:
+        self.data = data
+        self.ref = ref
+        plane_axes = [axis for axis, i in enumerate(ref.index) if isinstance(i, slice)]
+        self.shape = tuple(int(data.shape[axis]) for axis in plane_axes)
+        self.dtype = data.dtype
+        self._first_plane_axis = plane_axes[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        index = list(self.ref.index)
+        for offset, part in enumerate(key):
+            index[self._first_plane_axis + offset] = part
+        return np.asarray(self.data[tuple(index)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        plane = np.asarray(self.data[self.ref.index])
+        return plane if dtype is None else plane.astype(dtype, copy=False)
+
+
 def read_plane(image_layer, ref: PlaneRef) -> np.ndarray:
     """The plane as a numpy array, ``(H, W)`` or ``(H, W, C)`` for RGB(A) layers."""
     return np.asarray(layer_array(image_layer)[ref.index])
@@ -202,6 +234,17 @@ def empty_sign_features():
     import pandas as pd
 
     return pd.DataFrame({SIGN_FEATURE: pd.Categorical([], categories=[POSITIVE, NEGATIVE])})
+
+
+def ensure_sign_feature(points_layer) -> None:
+    """Give a Points layer the sign feature (existing points positive) if it lacks it."""
+    if SIGN_FEATURE in points_layer.features.columns:
+        return
+    import pandas as pd
+
+    features = points_layer.features.copy()
+    features[SIGN_FEATURE] = pd.Categorical([POSITIVE] * len(features), categories=[POSITIVE, NEGATIVE])
+    points_layer.features = features
 
 
 def point_signs(points_layer) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -47,6 +48,7 @@ DEBOUNCE_MS = 120
 EMBED_DELAY_MS = 60
 PREFETCH_RADIUS = 2  # neighbouring slices precomputed on each side
 CUSTOM_MODEL = "checkpoint file…"
+PREVIEW_COLOR = "yellow"
 NEW_ID, SELECTED_ID = "new label", "selected label"
 
 
@@ -54,6 +56,7 @@ NEW_ID, SELECTED_ID = "new label", "selected label"
 class _EmbedJob:
     key: tuple
     ref: L.PlaneRef
+    indices: list  # tile indices
     prefetch: bool
     generation: int
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -70,6 +73,7 @@ class _PromptSpec:
     boxes: np.ndarray  # (M, 4)
     mask_input: np.ndarray | None
     mask_label: int | None  # the label whose mask was the mask prompt
+    mask_tile: object  # the Tile whose frame a mask prompt from a labels layer is in
     refined: bool  # mask_input holds the previous candidate's logits
     text: str | None
 
@@ -163,10 +167,10 @@ class AnnotateWidget(QWidget):
         self._suspend_prompt_events = False
 
         self._ref: L.PlaneRef | None = None
-        self._embedding = None
-        self._embedding_key = None
+        self._tiled = None  # TiledPredictor over the current plane
+        self._ready: set = set()  # (plane key, tile index) known to be embedded
+        self._pending_tiles: list = []  # tiles the waiting prediction needs
         self._stopped_key = None  # a plane whose embedding was cancelled or failed
-        self._known_cached: set = set()
         self._prefetch_axis: int | None = None
         self._last_step = tuple(self.viewer.dims.current_step)
 
@@ -177,6 +181,7 @@ class AnnotateWidget(QWidget):
         self._choice = 0
         self._next_sign = L.POSITIVE
         self._watched: dict[str, object] = {}
+        self._watched_image = None
 
         self._relay = _ProgressRelay()
         self._relay.progress.connect(self._on_encoder_progress)
@@ -270,17 +275,26 @@ class AnnotateWidget(QWidget):
             "along the axis you last moved"
         )
         self.prefetch_check.setChecked(torch.cuda.is_available())
+        self.tile_check = QCheckBox("tile large planes")
+        self.tile_check.setToolTip(
+            "On: planes larger than the model input are cut into overlapping tiles of the input size, "
+            "embedded only where you prompt (full resolution). Off: the whole plane is resized to the "
+            "model input (one embedding, coarser)."
+        )
+        self.tile_check.setChecked(True)
 
         model_box = QGroupBox("Image and model")
         form = QFormLayout()
         form.addRow("image", self.image_combo)
-        form.addRow("channel axis", self._channel_row)
+        self._channel_label = QLabel("channel axis")
+        form.addRow(self._channel_label, self._channel_row)
         form.addRow("model", self.model_combo)
         form.addRow("", self._path_row)
         form.addRow("device", self.device_combo)
         form.addRow("cache", self.memory_spin)
         form.addRow("", self.cache_dir_edit)
         form.addRow("", self.prefetch_check)
+        form.addRow("", self.tile_check)
         form.addRow("", self.load_button)
         model_box.setLayout(form)
 
@@ -297,7 +311,7 @@ class AnnotateWidget(QWidget):
         self.add_layers_button.setToolTip("Create a Points and a Shapes layer placed like the image")
         self.add_layers_button.clicked.connect(self.add_prompt_layers)
         self.sign_button = QPushButton()
-        self.sign_button.setToolTip(f"Sign of the next point; also flips selected points  [{KEYS['toggle_sign']}]")
+        self.sign_button.setToolTip(f"Sign of the next point: positive (green) or negative (red)  [{KEYS['toggle_sign']}]")
         self.sign_button.clicked.connect(self.toggle_sign)
         self.text_edit = QLineEdit()
         self.text_edit.setPlaceholderText("e.g. nucleus (models with a text path)")
@@ -375,6 +389,7 @@ class AnnotateWidget(QWidget):
         self.memory_spin.valueChanged.connect(self._on_memory_changed)
         self.cache_dir_edit.editingFinished.connect(self._on_cache_dir_changed)
         self.prefetch_check.toggled.connect(lambda _: self._schedule_embedding())
+        self.tile_check.toggled.connect(self._on_tiling_changed)
         self.points_combo.layer_changed.connect(self._on_prompt_layers_changed)
         self.boxes_combo.layer_changed.connect(self._on_prompt_layers_changed)
         self.mask_combo.layer_changed.connect(self._on_prompt_layers_changed)
@@ -457,7 +472,7 @@ class AnnotateWidget(QWidget):
             self._set_status("Open an image first.")
             return
         plane = L.layer_array(image).shape[image.ndim - 2 : image.ndim]
-        size = max(3.0, min(plane) / 50)
+        size = max(4.0, min(plane) / 40)
         points = self.viewer.add_points(
             np.zeros((0, image.ndim)),
             ndim=image.ndim,
@@ -487,22 +502,12 @@ class AnnotateWidget(QWidget):
         self.viewer.layers.selection.active = points
 
     def toggle_sign(self) -> None:
-        """Flip the sign of the next point, and of the selected points."""
+        """Flip the sign of the next point: positive (object) <-> negative (background)."""
         self._next_sign = L.NEGATIVE if self._next_sign == L.POSITIVE else L.POSITIVE
         points = self.points_layer
         if points is not None:
+            L.ensure_sign_feature(points)
             points.feature_defaults = {L.SIGN_FEATURE: self._next_sign}
-            selected = sorted(points.selected_data)
-            if selected:
-                features = points.features.copy()
-                if L.SIGN_FEATURE not in features.columns:
-                    features[L.SIGN_FEATURE] = L.POSITIVE
-                signs = np.array(features[L.SIGN_FEATURE], dtype=object)
-                signs[selected] = [L.NEGATIVE if s != L.NEGATIVE else L.POSITIVE for s in signs[selected]]
-                features[L.SIGN_FEATURE] = signs
-                points.features = features
-                points.refresh_colors(update_color_mapping=False)
-                self._on_prompts_changed()
         self._update_sign_button()
 
     def next_candidate(self) -> None:
@@ -553,6 +558,11 @@ class AnnotateWidget(QWidget):
 
     def _on_image_changed(self) -> None:
         image = self.image_layer
+        if self._watched_image is not None:
+            self._watched_image.events.data.disconnect(self._on_image_data_changed)
+        self._watched_image = image
+        if image is not None:
+            image.events.data.connect(self._on_image_data_changed)
         self.channel_axis_combo.blockSignals(True)
         self.channel_axis_combo.clear()
         self.channel_axis_combo.addItem("none")
@@ -561,7 +571,9 @@ class AnnotateWidget(QWidget):
             for axis in range(image.ndim - 2):
                 self.channel_axis_combo.addItem(f"axis {axis} (size {shape[axis]})", axis)
         self.channel_axis_combo.blockSignals(False)
-        self._channel_row.setVisible(self.channel_axis_combo.count() > 1)
+        has_stack_axes = self.channel_axis_combo.count() > 1
+        self._channel_row.setVisible(has_stack_axes)
+        self._channel_label.setVisible(has_stack_axes)
         self._on_channel_axis_changed()
         if (
             image is not None
@@ -570,6 +582,11 @@ class AnnotateWidget(QWidget):
             and not any(isinstance(layer, (Points, Shapes)) for layer in self.viewer.layers)
         ):
             self.add_prompt_layers()
+
+    def _on_image_data_changed(self, event=None) -> None:
+        self._ref = None  # same position, new pixels: embed again (the store knows the content)
+        self._ready = set()
+        self._on_plane_changed()
 
     def _on_channel_axis_changed(self, *_) -> None:
         axis = self.channel_axis
@@ -611,8 +628,8 @@ class AnnotateWidget(QWidget):
             self._set_status(str(error))
         if ref is None or self._ref is None or ref.key != self._ref.key or ref.shape != self._ref.shape:
             self._ref = ref
-            self._embedding = None
-            self._embedding_key = None
+            self._tiled = self._make_tiled(ref)
+            self._pending_tiles = []
             self._stopped_key = None
             self._reset_result()
             self._on_prompts_changed()  # prompts on the new plane, if any
@@ -635,6 +652,12 @@ class AnnotateWidget(QWidget):
         if self.model is not None and self._model_source != self._model_choice():
             self._start_model_worker()
 
+    def _on_tiling_changed(self, *_) -> None:
+        self._reset_result()
+        self._reset_tiles()
+        self._on_prompts_changed()
+        self._embed_timer.start()
+
     def _on_memory_changed(self, value: int) -> None:
         if self.store is not None:
             self.store.memory_bytes = int(value * 2**20)
@@ -648,7 +671,7 @@ class AnnotateWidget(QWidget):
 
         cache_dir = self.cache_dir_edit.text().strip() or None
         self.store = EmbeddingStore(self.predictor, memory_mb=self.memory_spin.value(), cache_dir=cache_dir)
-        self._known_cached = set()
+        self._reset_tiles()
 
     def _start_model_worker(self) -> None:
         name, device = self._model_choice()
@@ -698,9 +721,6 @@ class AnnotateWidget(QWidget):
         self.predictor = Predictor(model)
         self._model_source = source
         self._make_store()
-        self._embedding = None
-        self._embedding_key = None
-        self._stopped_key = None
         self.text_edit.setEnabled(bool(getattr(model, "supports_text", False)))
         self._reset_result()
         name = source[0]
@@ -712,25 +732,77 @@ class AnnotateWidget(QWidget):
 
     # ------------------------------------------------------------------ embeddings
 
-    def _schedule_embedding(self) -> None:
-        """Start the next embedding job: the current plane first, then neighbours."""
-        if self.predictor is None or self.image_layer is None:
-            return
-        ref = self._ref
-        job = self._embed_job
-        if self._embed_worker is not None:
-            if job is not None and (ref is None or job.key != ref.key or job.generation != self._generation):
-                job.cancel.set()  # finishes soon; its `finished` comes back here
-            return
-        if ref is not None and self._embedding_key != ref.key and self._stopped_key != ref.key:
-            self._start_embed_job(ref, prefetch=False)
-        elif ref is not None and self.prefetch_check.isChecked() and self._embedding_key == ref.key:
-            neighbour = self._next_prefetch(ref)
-            if neighbour is not None:
-                self._start_embed_job(neighbour, prefetch=True)
+    def _make_tiled(self, ref: L.PlaneRef | None):
+        """A TiledPredictor over ``ref``'s plane (reads nothing yet), or None."""
+        if ref is None or self.predictor is None or self.image_layer is None:
+            return None
+        from ..tiling import TiledPredictor
 
-    def _next_prefetch(self, ref: L.PlaneRef) -> L.PlaneRef | None:
+        tile_size = None if self.tile_check.isChecked() else max(max(ref.shape), 2)
+        tiled = TiledPredictor(self.predictor, self.store, tile_size=tile_size)
+        tiled.set_plane(L.LazyPlane(L.layer_array(self.image_layer), ref))
+        return tiled
+
+    def _reset_tiles(self) -> None:
+        """Forget which tiles are embedded (new model, store or pixels) and rebuild the grid."""
+        self._ready = set()
+        self._pending_tiles = []
+        self._stopped_key = None
+        self._tiled = self._make_tiled(self._ref)
+
+    @property
+    def plane_ready(self) -> bool:
+        """Whether the current plane can be decoded now (every tile it needs is embedded)."""
+        return self._tiled is not None and not self._missing_tiles()
+
+    def _missing_tiles(self) -> list:
+        """The current plane's tiles that must be embedded before the next prediction.
+
+        A plane of one tile is embedded as soon as it is shown; a larger plane only where
+        prompts are (or everything, when precomputing).
+        """
+        tiled, ref = self._tiled, self._ref
+        if tiled is None or ref is None:
+            return []
+        wanted = list(self._pending_tiles) if self._wants_prediction else []
+        if len(tiled.grid) == 1:
+            wanted.append(tiled.grid.tiles[0])
+        missing, seen = [], set()
+        for tile in wanted:
+            if tile.index not in seen and (ref.key, tile.index) not in self._ready:
+                seen.add(tile.index)
+                missing.append(tile)
+        return missing
+
+    def _schedule_embedding(self) -> None:
+        """Start the next embedding job: what the current plane needs first, then neighbours."""
+        ref, job = self._ref, self._embed_job
+        missing = self._missing_tiles()
+        if self._embed_worker is not None:
+            if job is None:
+                return
+            covers = ref is not None and job.key == ref.key and {t.index for t in missing} <= set(job.indices)
+            if ref is None or job.generation != self._generation or (missing and not covers):
+                job.cancel.set()  # finishes soon; its `finished` comes back here
+            elif covers and job.prefetch:
+                job.prefetch = False  # the user moved to the plane being precomputed
+            return
+        if self._tiled is None or ref is None:
+            return
+        if missing:
+            if self._stopped_key != ref.key:
+                self._start_embed_job(ref, self._tiled, missing, prefetch=False)
+        elif self.prefetch_check.isChecked():
+            found = self._next_prefetch(ref)
+            if found is not None:
+                self._start_embed_job(*found, prefetch=True)
+
+    def _next_prefetch(self, ref: L.PlaneRef):
+        """``(ref, tiled, tiles)`` to precompute next: the rest of this plane, then neighbours."""
         image = self.image_layer
+        rest = [t for t in self._tiled.grid if (ref.key, t.index) not in self._ready]
+        if rest:
+            return ref, self._tiled, rest
         axis = self._prefetch_axis
         if axis is None or axis == ref.channel_axis:
             stack_axes = [a for a in range(image.ndim - 2) if a != ref.channel_axis]
@@ -740,28 +812,34 @@ class AnnotateWidget(QWidget):
         for distance in range(1, PREFETCH_RADIUS + 1):
             for step in (distance, -distance):
                 neighbour = L.shifted_ref(ref, axis, step, image)
-                if neighbour is not None and neighbour.key not in self._known_cached:
-                    return neighbour
+                if neighbour is None:
+                    continue
+                tiled = self._make_tiled(neighbour)
+                rest = [t for t in tiled.grid if (neighbour.key, t.index) not in self._ready]
+                if rest:
+                    return neighbour, tiled, rest
         return None
 
-    def _start_embed_job(self, ref: L.PlaneRef, prefetch: bool) -> None:
-        job = _EmbedJob(key=ref.key, ref=ref, prefetch=prefetch, generation=self._generation)
-        image = self.image_layer
-        data = L.layer_array(image)
-        store, model, relay = self.store, self.model, self._relay
+    def _start_embed_job(self, ref: L.PlaneRef, tiled, tiles: list, prefetch: bool) -> None:
+        job = _EmbedJob(
+            key=ref.key, ref=ref, indices=[t.index for t in tiles], prefetch=prefetch, generation=self._generation
+        )
+        model, relay = self.model, self._relay
 
         def embed():
-            plane = np.asarray(data[ref.index])
-            if plane.dtype == bool:
-                plane = plane.astype(np.uint8)
-            found = store.lookup(plane)
-            if found is not None:
-                return job, found
-            try:
-                with watch_encoder(model, relay.progress.emit, job.cancel):
-                    return job, store.get(plane)
-            except EncodingCancelled:
-                return job, None
+            done = []
+            for k, tile in enumerate(tiles):
+
+                def progress(blocks_done, blocks, k=k):
+                    relay.progress.emit(k * blocks + blocks_done, blocks * len(tiles))
+
+                try:
+                    with watch_encoder(model, progress, job.cancel):
+                        tiled.embedding(tile)
+                except EncodingCancelled:
+                    break
+                done.append(tile.index)
+            return job, done
 
         worker = create_worker(
             embed,
@@ -774,11 +852,12 @@ class AnnotateWidget(QWidget):
         worker.finished.connect(self._guard(lambda: self._on_embed_finished(worker)))
         self._embed_worker = worker
         self._embed_job = job
-        where = ", ".join(str(i) for i in ref.stack_position) or "the image"
+        where = "plane " + ", ".join(str(i) for i in ref.stack_position) if ref.stack_position else "the image"
+        tiles_text = f" ({len(tiles)} tiles)" if len(tiles) > 1 else ""
         if prefetch:
-            self._set_busy(f"Precomputing slice {where} …", cancellable=False, total=1)
+            self._set_busy(f"Precomputing {where}{tiles_text} …", cancellable=False, total=1)
         else:
-            self._set_busy(f"Embedding {where} …", cancellable=True, total=1)
+            self._set_busy(f"Embedding {where}{tiles_text} …", cancellable=True, total=1)
         worker.start()
 
     def _on_encoder_progress(self, done: int, total: int) -> None:
@@ -787,14 +866,12 @@ class AnnotateWidget(QWidget):
             self.progress_bar.setValue(done)
 
     def _on_embed_returned(self, result) -> None:
-        job, embedding = result
-        if embedding is None or job.generation != self._generation:
+        job, done = result
+        if job.generation != self._generation:
             return
-        self._known_cached.add(job.key)
-        if self._ref is not None and job.key == self._ref.key and self._embedding_key != job.key:
-            self._embedding = embedding
-            self._embedding_key = job.key
-            self._set_status(f"Plane {', '.join(map(str, job.ref.stack_position)) or ''} ready.".replace("  ", " "))
+        self._ready.update((job.key, index) for index in done)
+        if done and self._ref is not None and job.key == self._ref.key and not self._missing_tiles():
+            self._set_status("Ready: add points or boxes." if not self._wants_prediction else "")
             self.embedded.emit()
             if self._wants_prediction:
                 self._predict_now()
@@ -850,7 +927,7 @@ class AnnotateWidget(QWidget):
         text = self.text_edit.text().strip() if self.text_edit.isEnabled() else ""
         if len(points) == 0 and len(boxes) == 0 and not text:
             return None
-        mask_input, mask_label, refined = None, None, False
+        mask_input, mask_label, mask_tile, refined = None, None, None, False
         previous = self._spec
         if (
             previous is not None
@@ -866,7 +943,7 @@ class AnnotateWidget(QWidget):
             # More points on the same object: refine from the shown candidate.
             mask_input, mask_label, refined = self._candidates[0].logits[self._choice], previous.mask_label, True
         elif len(points) and len(boxes) <= 1:
-            mask_input, mask_label = self._mask_prompt(ref)
+            mask_input, mask_label, mask_tile = self._mask_prompt(ref, points, boxes[0] if len(boxes) else None)
         return _PromptSpec(
             key=ref.key,
             revision=self._revision,
@@ -875,21 +952,41 @@ class AnnotateWidget(QWidget):
             boxes=boxes,
             mask_input=mask_input,
             mask_label=mask_label,
+            mask_tile=mask_tile,
             refined=refined,
             text=text or None,
         )
 
-    def _mask_prompt(self, ref: L.PlaneRef):
-        """Low-res logits of the mask layer's selected label on this plane, if any."""
+    def _mask_prompt(self, ref: L.PlaneRef, points, box):
+        """``(logits, label, tile)``: the mask layer's selected label on this plane, in the
+        frame of the tile the prediction will use; Nones when there is none."""
         layer = self.mask_combo.layer()
-        if layer is None or layer.selected_label == 0 or self.model is None:
-            return None, None
+        tiled = self._tiled
+        if layer is None or layer.selected_label == 0 or self.model is None or tiled is None:
+            return None, None, None
         index = L.labels_plane_index(layer, self.image_layer, ref, self.viewer.dims.point)
         mask = L.read_labels_plane(layer, index) == layer.selected_label
-        if not mask.any():
-            return None, None
-        logits = mask_to_low_res_logits(mask, self.model.image_size, self.model.low_res_size)
-        return logits, int(layer.selected_label)
+        tiles = tiled.tiles_for(points=points, box=box)
+        if not mask.any() or len(tiles) != 1:
+            return None, None, None
+        tile = tiles[0]
+        logits = mask_to_low_res_logits(mask[tile.slices()], self.model.image_size, self.model.low_res_size)
+        return logits, int(layer.selected_label), tile
+
+    def _tiles_for(self, spec: _PromptSpec) -> list:
+        """The tiles a prediction of ``spec`` decodes against."""
+        tiled = self._tiled
+        if len(tiled.grid) == 1:
+            return [tiled.grid.tiles[0]]
+        if spec.text:
+            raise ValueError(
+                "text prompts need the whole plane in one tile: untick 'tile large planes' "
+                f"(this plane is {tiled.grid.shape[0]}x{tiled.grid.shape[1]} pixels, tiles {tiled.tile_size})"
+            )
+        points = spec.points if len(spec.points) else None
+        if len(spec.boxes) > 1:
+            return [tile for box in spec.boxes for tile in tiled.tiles_for(box=box)]
+        return tiled.tiles_for(points=points, box=spec.boxes[0] if len(spec.boxes) else None)
 
     def _predict_now(self) -> None:
         try:
@@ -899,6 +996,7 @@ class AnnotateWidget(QWidget):
             return
         if spec is None:
             self._wants_prediction = False
+            self._pending_tiles = []
             self._reset_result(keep_revision=True)
             self._result_revision = self._revision
             self._commit_pending = False
@@ -909,7 +1007,16 @@ class AnnotateWidget(QWidget):
             if self._model_worker is None:
                 self._start_model_worker()
             return
-        if self._embedding_key != spec.key:
+        if self._tiled is None:
+            return
+        try:
+            self._pending_tiles = self._tiles_for(spec)
+        except ValueError as error:
+            self._wants_prediction = False
+            self._commit_pending = False
+            self._notify_error("invalid prompt", error)
+            return
+        if self._missing_tiles():
             if self._stopped_key == spec.key:
                 self._stopped_key = None  # a new prompt asks again
             self._schedule_embedding()
@@ -920,27 +1027,27 @@ class AnnotateWidget(QWidget):
         self._start_predict_worker(spec)
 
     def _start_predict_worker(self, spec: _PromptSpec) -> None:
-        predictor, embedding, lock = self.predictor, self._embedding, self._predict_lock
+        predictor, tiled, lock = self.predictor, self._tiled, self._predict_lock
         generation = self._generation
+        points = spec.points if len(spec.points) else None
+        labels = spec.labels if len(spec.points) else None
+        box = spec.boxes[0] if len(spec.boxes) == 1 else None
 
         def predict():
             with lock:
-                predictor.set_embedding(embedding)
-                if len(spec.boxes) > 1:
+                whole = tiled.grid.tiles[0] if len(tiled.grid) == 1 else None
+                if len(spec.boxes) > 1 and whole is not None:  # one batch
+                    predictor.set_embedding(tiled.embedding(whole))
                     candidates = predictor.predict_boxes(spec.boxes)
+                elif len(spec.boxes) > 1:
+                    candidates = [tiled.predict(box=b) for b in spec.boxes]
+                elif spec.text:
+                    predictor.set_embedding(tiled.embedding(whole))
+                    candidates = [predictor.predict(points, labels, box, spec.mask_input, text=spec.text)]
                 else:
-                    kwargs = {}
-                    if spec.text:
-                        kwargs["text"] = spec.text
-                    candidates = [
-                        predictor.predict(
-                            points=spec.points if len(spec.points) else None,
-                            point_labels=spec.labels if len(spec.points) else None,
-                            box=spec.boxes[0] if len(spec.boxes) else None,
-                            mask_input=spec.mask_input,
-                            **kwargs,
-                        )
-                    ]
+                    if spec.mask_tile is not None:
+                        tiled.last_tile = spec.mask_tile  # the frame the mask prompt is in
+                    candidates = [tiled.predict(points, labels, box, spec.mask_input)]
             return generation, spec, candidates
 
         worker = create_worker(
@@ -1036,7 +1143,15 @@ class AnnotateWidget(QWidget):
             if preview is not None:
                 self.viewer.layers.remove(preview)
             active = self.viewer.layers.selection.active
-            preview = self.viewer.add_labels(data, name=PREVIEW_NAME, scale=scale, translate=translate, opacity=0.6)
+            preview = self.viewer.add_labels(
+                data,
+                name=PREVIEW_NAME,
+                scale=scale,
+                translate=translate,
+                opacity=0.5,
+                colormap=DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: "transparent"}),
+            )
+            self._below_prompts(preview)
             if active is not None:
                 self.viewer.layers.selection.active = active
         else:
@@ -1071,21 +1186,31 @@ class AnnotateWidget(QWidget):
         labels = self.viewer.add_labels(
             np.zeros(shape, dtype=np.int32), name=f"{image.name} labels", scale=scale, translate=translate
         )
+        self._below_prompts(labels)
         if active is not None:
             self.viewer.layers.selection.active = active
         self.labels_combo.set_layer(labels)
         return labels
 
+    def _below_prompts(self, layer) -> None:
+        """Move a new labels layer under the prompt layers, so points and boxes stay visible."""
+        layers = self.viewer.layers
+        prompts = [layers.index(p) for p in (self.points_layer, self.boxes_layer) if p is not None and p in layers]
+        if prompts and layers.index(layer) > min(prompts):
+            layers.move(layers.index(layer), min(prompts))
+
     def _commit_now(self) -> None:
+        try:
+            self._commit()
+        except Exception as error:  # noqa: BLE001 - e.g. a read-only labels array: tell, never crash
+            self._notify_error("cannot write the labels", error)
+
+    def _commit(self) -> None:
         spec, ref, image = self._spec, self._ref, self.image_layer
         if not self._candidates or spec is None or ref is None or image is None:
             return
-        try:
-            labels = self._target_labels()
-            index = L.labels_plane_index(labels, image, ref, self.viewer.dims.point)
-        except ValueError as error:
-            self._notify_error("cannot write the labels", error)
-            return
+        labels = self._target_labels()
+        index = L.labels_plane_index(labels, image, ref, self.viewer.dims.point)
         masks = self._preview_masks()
         replace = None
         if len(masks) == 1 and spec.mask_label is not None and self.mask_combo.layer() is labels:
