@@ -173,3 +173,15 @@ def test_napari_reader_returns_the_lazy_array(tmp_path):
     assert kind == "image" and isinstance(layer_data, da.Array) and layer_data.shape == data.shape
     assert meta["name"] == "cells" and meta["metadata"]["axes"] == "ZYX" and not meta["rgb"]
     assert meta["contrast_limits"] == (float(data[0].min()), float(data[0].max()))
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_window_of_a_large_plane_reads_only_the_blocks_under_it(tmp_path, compression):
+    data = stack_data((2, 300, 500))
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack", tile=(64, 64) if compression else None)
+    stack = open_stack(path, block=100)
+    assert stack.data.chunks[1:] == ((100,) * 3, (100,) * 5)
+    window = stack.data[1][120:180, 210:290]
+    np.testing.assert_array_equal(np.asarray(window), data[1, 120:180, 210:290])
+    assert stack.reads == 1  # one 100 x 100 block of 15

@@ -221,6 +221,35 @@ def test_only_the_tiles_a_prompt_needs_are_embedded(model):
     assert tiled.cached(tiled.last_tile) and not tiled.cached(tiled.grid.tile(0, 0))
 
 
+def test_a_click_on_a_lazy_plane_reads_only_the_tile_it_needs(model):
+    import dask.array as da
+
+    shape, chunk = (1000, 900), 50
+    grid = TileGrid(shape, 128, 16)
+    click = (510, 433)
+    w = grid.choose(click + click).window
+    rng = np.random.default_rng(0)
+    reads = []
+
+    def block(block_id=None):
+        r, c = block_id[0] * chunk, block_id[1] * chunk
+        if not (r + chunk > w[0] and r < w[2] and c + chunk > w[1] and c < w[3]):
+            raise AssertionError(f"chunk at {(r, c)} is outside the tile {w}")
+        reads.append(block_id)
+        return rng.integers(0, 1000, (chunk, chunk)).astype(np.uint16)
+
+    lazy = da.map_blocks(block, chunks=((chunk,) * 20, (chunk,) * 18), dtype=np.uint16)
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(lazy)
+    assert not reads
+    candidates = tiled.predict(points=[click])
+    assert candidates.masks.shape == (3, *shape) and tiled.store.encoder_calls == 1
+    assert 0 < len(reads) <= 16
+    read_before = len(reads)
+    tiled.predict(points=[(click[0] + 3, click[1] - 2)])  # same tile, known key: no pixel read
+    assert len(reads) == read_before
+
+
 def test_refining_with_mask_input_reuses_the_tile_of_the_logits(model):
     tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
     tiled.set_plane(np.random.default_rng(1).random((500, 500)).astype(np.float32))

@@ -125,7 +125,7 @@ class Signature:
     Attributes
     ----------
     content : str
-        :func:`content_hash` of the plane (the whole plane, also for its tiles).
+        :func:`content_hash` of the pixels embedded (the plane, or the tile's window).
     model_id : str
         Architecture name (``model.config["name"]``).
     weights : str

@@ -2,7 +2,7 @@
 
 TIFF, BigTIFF, OME-TIFF and ImageJ hyperstacks open through tifffile with the axes from
 their metadata (``series.axes``, e.g. ``"TZCYX"``) as a dask array with one chunk per
-plane:
+plane (per 2048 x 2048 block of larger planes):
 
 - uncompressed, contiguous image data (what ImageJ and most acquisition software write)
   is read through a memory map of exactly the requested plane, which is unmapped once
@@ -49,7 +49,7 @@ class _TiffSource:
     Attributes
     ----------
     reads : int
-        Number of planes read (a plane that spans several chunks counts once per call).
+        Number of reads: one per plane, or per block of a plane split into blocks.
     """
 
     def __init__(self, path: str | os.PathLike, series: int = 0, level: int = 0) -> None:
@@ -163,7 +163,7 @@ class LazyStack:
     Attributes
     ----------
     data : dask.array.Array
-        The whole stack, lazy, one chunk per plane for files.
+        The whole stack, lazy; for files one chunk per plane (or per block of a large plane).
     axes : str
     path : str or None
     """
@@ -253,7 +253,7 @@ class LazyStack:
 
     @property
     def reads(self) -> int | None:
-        """Planes read from the file so far (None for in-memory data)."""
+        """Plane (or plane-block) reads from the file so far (None for in-memory data)."""
         return None if self._source is None else self._source.reads
 
     @property
@@ -271,7 +271,7 @@ class LazyStack:
         self.close()
 
 
-def open_stack(path: str | os.PathLike, *, series: int = 0, level: int = 0) -> LazyStack:
+def open_stack(path: str | os.PathLike, *, series: int = 0, level: int = 0, block: int = 2048) -> LazyStack:
     """Open a TIFF / BigTIFF / OME-TIFF / ImageJ file lazily.
 
     Parameters
@@ -279,17 +279,22 @@ def open_stack(path: str | os.PathLike, *, series: int = 0, level: int = 0) -> L
     path : path of the file
     series : which image series (OME files may hold several); default the first.
     level : pyramid level (0 = full resolution).
+    block : int
+        Planes larger than ``block`` x ``block`` pixels are split into dask chunks of
+        that size, so that reading one tile of a huge plane reads only the blocks under it.
 
     Returns
     -------
-    LazyStack with axes from the file's metadata; one dask chunk per plane.
+    LazyStack with axes from the file's metadata; one dask chunk per plane (or per
+    block of a large plane).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     source = _TiffSource(path, series=series, level=level)
     plane_dims = source.shape[source.ndim - source.plane_ndim :]
-    chunks = (1,) * (source.ndim - source.plane_ndim) + plane_dims
+    chunks = (1,) * (source.ndim - source.plane_ndim) + tuple(
+        min(n, block) if i < 2 else n for i, n in enumerate(plane_dims))
     stat = path.stat()
     identity = f"{source.path}|{stat.st_mtime_ns}|{stat.st_size}|{series}|{level}"
     name = "tiff-" + hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()

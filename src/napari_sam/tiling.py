@@ -23,6 +23,12 @@ is at least ``h``: an object that extends at most ``h`` pixels beyond the prompt
 entirely inside the tile, and comes out as one mask even when it straddles a core
 border. Tiles are on a fixed grid, so their embeddings are cached and reused.
 
+Each tile is read, normalised and hashed on its own, when first needed: nothing of the
+plane outside the tiles a prompt needs is read, and a tile's cache key depends only on
+its pixels and window. The price is that tiles do not share one intensity window; with
+prompt-centred tiles the model sees the object in the context of the tile around it,
+which is what it would see in any crop of that size.
+
 Only when no window holds the whole prompt (a box larger than ``T - 2h``, or points far
 apart) are several tiles used: every tile whose core meets the prompt's bounding box
 decodes the prompt clipped to its window, the logits are brought to plane resolution,
@@ -42,7 +48,6 @@ import torch
 
 from . import transforms
 from .embeddings import EmbeddingStore, Progress, Signature
-from .imaging import to_rgb_uint8
 from .predictor import Candidates, Embedding, Predictor
 from .prompts import Prompts
 
@@ -213,8 +218,10 @@ class TiledPredictor:
     """Segment planes of any size; large ones tile by tile, embedding only what a prompt needs.
 
     For planes no larger than ``tile_size`` it is exactly :class:`Predictor` on the whole
-    plane (same embedding, same masks). Larger planes are normalised once as a whole (so
-    every tile sees the same intensity window) and split into a :class:`TileGrid`.
+    plane (same embedding, same masks, same cache entry). Larger planes are split into a
+    :class:`TileGrid`; a tile is read, normalised (on its own intensity percentiles) and
+    embedded only when a prompt needs it, so a click on a 10k x 10k plane, even a lazy
+    one on disk, touches one tile.
 
     Parameters
     ----------
@@ -255,29 +262,26 @@ class TiledPredictor:
         axis_split(self.tile_size + 1, self.tile_size, self.halo)  # validate now, not at set_plane
         self.grid: TileGrid | None = None
         self.last_tile: Tile | None = None
-        self._plane: np.ndarray | None = None
-        self._rgb: np.ndarray | None = None
-        self._signature: Signature | None = None
+        self._plane = None
+        self._signatures: dict[tuple[int, int], Signature] = {}
 
     # ---- the plane ------------------------------------------------------------------
 
-    def set_plane(self, plane, *, content: str | None = None) -> None:
-        """Make ``plane`` (``(H, W[, C])``, numpy or dask) current. Runs no encoder.
+    def set_plane(self, plane) -> None:
+        """Make ``plane`` current: ``(H, W[, C])``, numpy or lazy (dask, zarr, memmap).
 
-        ``content`` is the plane's :func:`~napari_sam.embeddings.content_hash` when the
-        caller already knows it.
+        Runs no encoder and reads nothing yet: each tile's pixels are read (and hashed)
+        the first time a prompt needs that tile. The plane must not change while it is
+        current; call ``set_plane`` again when it does.
         """
-        plane = np.asarray(plane)
-        if plane.ndim not in (2, 3):
-            raise ValueError(f"set_plane needs a 2D plane (H, W) or (H, W, C), got shape {plane.shape}")
-        self.grid = TileGrid(plane.shape[:2], self.tile_size, self.halo)
-        self._signature = self.store.signature(plane, content=content)
+        if not hasattr(plane, "shape") or not hasattr(plane, "__getitem__"):
+            plane = np.asarray(plane)
+        if len(plane.shape) not in (2, 3):
+            raise ValueError(f"set_plane needs a 2D plane (H, W) or (H, W, C), got shape {tuple(plane.shape)}")
+        self.grid = TileGrid(tuple(plane.shape[:2]), self.tile_size, self.halo)
+        self._plane = plane
+        self._signatures: dict[tuple[int, int], Signature] = {}
         self.last_tile = None
-        if len(self.grid) == 1:
-            self._plane, self._rgb = plane, None
-        else:
-            # One intensity window for the whole plane, so neighbouring tiles agree.
-            self._plane, self._rgb = None, to_rgb_uint8(plane, self.predictor.normalization)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -290,22 +294,39 @@ class TiledPredictor:
 
     # ---- embeddings -------------------------------------------------------------------
 
-    def _pixels_and_signature(self, tile: Tile) -> tuple[np.ndarray, Signature]:
-        if self._rgb is None:
-            return self._plane, self._signature
-        return self._rgb[tile.slices()], self._signature.with_tile(tile.window)
+    def _pixels(self, tile: Tile) -> np.ndarray:
+        """The tile's pixels, read now (the whole plane when there is one tile)."""
+        if len(self.grid) == 1:
+            return np.asarray(self._plane)
+        return np.asarray(self._plane[tile.slices()])
+
+    def _signature(self, tile: Tile, pixels: np.ndarray | None = None) -> Signature:
+        """The tile's cache key: its own pixels' hash plus its window (remembered per tile).
+
+        A plane of one tile has the key of the whole plane (no tile geometry), the same
+        as ``EmbeddingStore.get(plane)``.
+        """
+        signature = self._signatures.get(tile.index)
+        if signature is None:
+            pixels = self._pixels(tile) if pixels is None else pixels
+            signature = self.store.signature(pixels, tile=None if len(self.grid) == 1 else tile.window)
+            self._signatures[tile.index] = signature
+        return signature
 
     def embedding(self, tile: Tile, *, progress: Progress | None = None) -> Embedding:
-        """The tile's embedding (cached, else computed)."""
+        """The tile's embedding (cached, else computed). Each tile is normalised on its own."""
         self._require_plane()
-        pixels, signature = self._pixels_and_signature(tile)
-        return self.store.get(pixels, signature=signature, progress=progress)
+        if tile.index in self._signatures:  # known key: a cache hit reads no pixels
+            found = self.store.lookup(signature=self._signatures[tile.index])
+            if found is not None:
+                return found
+        pixels = self._pixels(tile)
+        return self.store.get(pixels, signature=self._signature(tile, pixels), progress=progress)
 
     def cached(self, tile: Tile) -> bool:
         """Whether the tile's embedding is available without running the encoder."""
         self._require_plane()
-        pixels, signature = self._pixels_and_signature(tile)
-        return self.store.lookup(pixels, signature=signature) is not None
+        return self.store.lookup(signature=self._signature(tile)) is not None
 
     def tiles_for(self, points=None, box=None) -> list[Tile]:
         """The tiles :meth:`predict` would embed for these points / box."""
@@ -329,13 +350,13 @@ class TiledPredictor:
         for done, tile in enumerate(tiles):
             if progress is not None:
                 progress(done, len(tiles))
-            pixels, signature = self._pixels_and_signature(tile)
             if keep_in_memory:
                 before = self.store.encoder_calls
-                self.store.get(pixels, signature=signature)
+                self.embedding(tile)
                 computed += self.store.encoder_calls > before
             else:
-                computed += self.store.ensure(pixels, signature=signature)
+                pixels = self._pixels(tile)
+                computed += self.store.ensure(pixels, signature=self._signature(tile, pixels))
         if progress is not None:
             progress(len(tiles), len(tiles))
         return computed
