@@ -17,7 +17,6 @@ import torch
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.layers import Points  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_sam.model import build_sam  # noqa: E402
@@ -206,6 +205,9 @@ def test_single_point_lists_candidates_and_next_cycles_them(start, qtbot, tiny_m
     assert np.all(np.diff(candidates.scores) <= 0)  # best first
     assert "IoU" in widget.candidate_list.item(0).text()
     np.testing.assert_array_equal(widget.preview_layer.data > 0, candidates.masks[0])
+    layers = viewer.layers
+    assert layers.index(layers[PREVIEW_NAME]) < layers.index(widget.points_layer)  # prompts stay on top
+    assert layers.selection.active is widget.points_layer  # the preview did not steal the selection
     widget.next_candidate()
     assert widget.choice == 1
     np.testing.assert_array_equal(widget.preview_layer.data > 0, candidates.masks[1])

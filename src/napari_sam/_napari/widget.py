@@ -137,9 +137,9 @@ class _LayerCombo(QComboBox):
 class AnnotateWidget(QWidget):
     """Segment objects with point, box and mask prompts and commit them as labels.
 
-    Signals (for scripts and tests): ``model_loaded``, ``embedded`` (the current plane's
-    embedding is ready), ``predicted`` (candidates or an empty preview are shown),
-    ``committed(int)`` (pixels written).
+    Signals (for scripts and tests): ``model_loaded``, ``embedded`` (the tiles the current
+    plane needs are embedded), ``predicted`` (candidates or an empty preview are shown),
+    ``committed(int)`` (pixels written). ``busy`` is False once nothing is pending.
     """
 
     model_loaded = Signal()
@@ -536,9 +536,9 @@ class AnnotateWidget(QWidget):
                 for layer in (self.points_layer, self.boxes_layer):
                     if layer is None:
                         continue
-                    keep = L.prompts_on_plane(layer, image, ref, self.viewer.dims.point)
-                    if len(keep):
-                        layer.selected_data = set(int(i) for i in keep)
+                    on_plane = L.prompts_on_plane(layer, image, ref, self.viewer.dims.point)
+                    if len(on_plane):
+                        layer.selected_data = set(int(i) for i in on_plane)
                         layer.remove_selected()
             finally:
                 self._suspend_prompt_events = False
@@ -739,8 +739,12 @@ class AnnotateWidget(QWidget):
         from ..tiling import TiledPredictor
 
         tile_size = None if self.tile_check.isChecked() else max(max(ref.shape), 2)
-        tiled = TiledPredictor(self.predictor, self.store, tile_size=tile_size)
-        tiled.set_plane(L.LazyPlane(L.layer_array(self.image_layer), ref))
+        try:
+            tiled = TiledPredictor(self.predictor, self.store, tile_size=tile_size)
+            tiled.set_plane(L.LazyPlane(L.layer_array(self.image_layer), ref))
+        except ValueError as error:
+            self._notify_error("cannot segment this plane", error)
+            return None
         return tiled
 
     def _reset_tiles(self) -> None:
