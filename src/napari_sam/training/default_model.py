@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of 250 fresh images each")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of 250 fresh images each")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
