@@ -13,7 +13,7 @@ from napari.layers import Image, Labels, Points, Shapes  # noqa: E402
 from napari_sam import transforms  # noqa: E402
 from napari_sam._napari import layers as L  # noqa: E402
 from napari_sam._napari.encoding import EncodingCancelled, encoder_blocks, watch_encoder  # noqa: E402
-from napari_sam._napari.mask_prompt import mask_to_low_res_logits  # noqa: E402
+from napari_sam.transforms import mask_to_low_res_logits  # noqa: E402
 from napari_sam.model import build_sam  # noqa: E402
 
 TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,

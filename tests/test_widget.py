@@ -402,7 +402,7 @@ def test_untiled_large_plane_is_embedded_whole_at_once(start, qtbot, tiny_model)
 
 
 def test_mask_prompt_is_given_in_the_frame_of_the_tile_used(start, qtbot, tiny_model, monkeypatch):
-    from napari_sam._napari.mask_prompt import mask_to_low_res_logits
+    from napari_sam.transforms import mask_to_low_res_logits
 
     image = np.zeros((300, 300), np.uint8)
     viewer, widget = start(image, tiny_model)

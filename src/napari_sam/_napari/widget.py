@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 
 from . import layers as L
 from .encoding import EncodingCancelled, watch_encoder
-from .mask_prompt import mask_to_low_res_logits
+from ..transforms import mask_to_low_res_logits
 
 # The annotation loop's keys (free in napari's default keymaps for Points, Labels and
 # Image layers; in a Shapes layer "T" stays napari's path tool).
