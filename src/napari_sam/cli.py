@@ -75,8 +75,10 @@ def _read_other(path: str) -> np.ndarray:
 def _cmd_segment(args) -> int:
     from . import Predictor, load_model
 
-    if not (args.point or args.negative or args.box):
-        raise SystemExit("error: give at least one prompt: --point R,C, --negative R,C or --box R0,C0,R1,C1")
+    if not (args.point or args.negative or args.box or args.text):
+        raise SystemExit(
+            "error: give at least one prompt: --point R,C, --negative R,C, --box R0,C0,R1,C1 or --text KIND"
+        )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
@@ -90,7 +92,7 @@ def _cmd_segment(args) -> int:
 
     labels = np.zeros(plane.shape[:2], dtype=np.uint16)
     start = time.perf_counter()
-    if len(args.box) > 1 and not (args.point or args.negative):
+    if len(args.box) > 1 and not (args.point or args.negative or args.text):
         results = predictor.predict_boxes(args.box)
     else:
         points = list(args.point) + list(args.negative)
@@ -100,6 +102,7 @@ def _cmd_segment(args) -> int:
                 points=points or None,
                 point_labels=point_labels or None,
                 box=args.box[0] if args.box else None,
+                text=args.text,
             )
         ]
     for label, candidates in enumerate(results, start=1):
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--negative", type=_point, action="append", default=[], help="negative point row,col")
     seg.add_argument("--box", type=_box, action="append", default=[],
                      help="box r0,c0,r1,c1; several boxes alone segment one object each")
+    seg.add_argument("--text", help='kind of object, e.g. "nucleus" (alone: every object of that kind as one mask)')
     seg.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, ...) or checkpoint path")
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     seg.add_argument("--out", required=True, help="output Labels TIFF (uint16, 0 = background)")
