@@ -162,11 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.set_defaults(func=_cmd_fetch)
 
-    for module, register in (("napari_sam.batch", "add_embed_parser"), ("napari_sam.training.cli", "add_parser")):
-        try:
-            getattr(__import__(module, fromlist=[register]), register)(sub)
-        except (ImportError, AttributeError):
-            pass  # optional subcommands still being built
+    from .batch import add_embed_parser
+    from .training.cli import add_parser as add_finetune_parser
+
+    add_embed_parser(sub)
+    add_finetune_parser(sub)
     return parser
 
 
