@@ -1,0 +1,126 @@
+"""Prompted-segmentation quality on real labelled microscopy images, per source.
+
+For every labelled object: (a) one interior point, the maximum of the object's distance
+transform; (b) its tight bounding box. The top-ranked mask is compared with the label by
+IoU; the mean is reported per source, never pooled (see ../shared/eval/README.md for how
+far each source's labels can be trusted).
+
+    python benchmarks/bench_quality.py --model default --out docs/quality_default.json
+
+3D sources are evaluated on 2D slices (every ``--z-step``-th plane), each 2D connected
+piece of a label with at least ``--min-pixels`` pixels counting as an object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from napari_sam import Predictor, load_model
+from napari_sam.tiling import TiledPredictor
+
+EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
+
+SOURCES = {
+    "bbbc007": ("bbbc007", "*_image.tif", "fluorescence nuclei, 400-450 px uint8 (labels: threshold-like)"),
+    "ctc_hela": ("ctc_hela", "*_image.tif", "HeLa nuclei, 700x1100 uint16 (labels: CTC algorithmic)"),
+    "cells3d": ("cells3d_nbsd", "*_image.tif", "3D nuclei 60x256x256 uint16, 2D slices (labels: threshold-like)"),
+    "stardist3d": ("stardist_synthetic3d", "*_image.tif", "synthetic 3D nuclei 31x61x57, 2D slices (exact)"),
+}
+
+
+def planes(source: str, z_step: int):
+    folder, pattern, _ = SOURCES[source]
+    for image_path in sorted((EVAL / folder).glob(pattern)):
+        labels_path = image_path.with_name(image_path.name.replace("_image", "_labels"))
+        image, labels = tifffile.imread(image_path), tifffile.imread(labels_path)
+        if labels.ndim == 3:
+            for z in range(0, labels.shape[0], z_step):
+                yield f"{image_path.name}[z={z}]", image[z], labels[z]
+        else:
+            yield image_path.name, image, labels
+
+
+def objects(labels: np.ndarray, min_pixels: int):
+    """(mask, interior point (row, col), box (r0, c0, r1, c1)) of every object."""
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        if region is None:
+            continue
+        # 2D connected pieces: a 3D label can fall apart into several on one slice.
+        pieces, count = ndimage.label(labels[region] == index)
+        for piece in range(1, count + 1):
+            local = pieces == piece
+            if local.sum() < min_pixels:
+                continue
+            mask = np.zeros(labels.shape, bool)
+            mask[region] = local
+            distance = ndimage.distance_transform_edt(np.pad(local, 1))[1:-1, 1:-1]
+            r, c = np.unravel_index(np.argmax(distance), local.shape)
+            rows, cols = np.flatnonzero(local.any(1)), np.flatnonzero(local.any(0))
+            offset = (region[0].start, region[1].start)
+            point = (r + offset[0], c + offset[1])
+            box = (rows[0] + offset[0], cols[0] + offset[1], rows[-1] + offset[0], cols[-1] + offset[1])
+            yield mask, point, box
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def evaluate(segmenter, source: str, z_step: int, min_pixels: int, tiled: bool) -> dict:
+    point_ious, box_ious, seconds = [], [], 0.0
+    for name, image, labels in planes(source, z_step):
+        start = time.perf_counter()
+        if tiled:
+            segmenter.set_plane(image)
+        else:
+            segmenter.set_image(image)
+        for mask, point, box in objects(labels, min_pixels):
+            point_ious.append(iou(segmenter.predict(points=[point]).best, mask))
+            box_ious.append(iou(segmenter.predict(box=box).best, mask))
+        seconds += time.perf_counter() - start
+    return {
+        "source": source,
+        "description": SOURCES[source][2],
+        "objects": len(point_ious),
+        "point_miou": float(np.mean(point_ious)),
+        "box_miou": float(np.mean(box_ious)),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--mode", choices=["whole", "tiled"], default="whole",
+                        help="whole: the plane resized to the model input (SAM); tiled: native-resolution tiles")
+    parser.add_argument("--z-step", type=int, default=6)
+    parser.add_argument("--min-pixels", type=int, default=20)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    predictor = Predictor(load_model(args.model, device=args.device))
+    segmenter = TiledPredictor(predictor) if args.mode == "tiled" else predictor
+    report = {"model": args.model, "mode": args.mode, "command": " ".join(["python"] + sys.argv), "results": []}
+    for source in args.sources:
+        row = evaluate(segmenter, source, args.z_step, args.min_pixels, args.mode == "tiled")
+        report["results"].append(row)
+        print(f"{source:11s} objects {row['objects']:5d}  point mIoU {row['point_miou']:.3f}  "
+              f"box mIoU {row['box_miou']:.3f}  ({row['seconds']} s)", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
