@@ -13,4 +13,4 @@ if _TESTS not in sys.path:  # so tests can `import reference` under any pytest i
 
 import reference_shims  # noqa: E402
 
-reference_shims.install()
+reference_shims.import_references()

@@ -15,7 +15,7 @@ import torch
 
 import reference_shims
 
-reference_shims.install()
+reference_shims.import_references()
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 

@@ -252,3 +252,28 @@ def install() -> None:
             continue
         if not _real_package_imports(package):
             sys.modules.update(_stand_ins_for(package))
+
+
+REFERENCE_MODULES = (
+    "segment_anything",
+    "segment_anything.utils.transforms",
+    "segment_anything.automatic_mask_generator",
+    "mobile_sam",
+    "mobile_sam.modeling",
+)
+
+
+def import_references() -> None:
+    """Import the reference packages with the stand-ins, then take the stand-ins away.
+
+    The references bind the few names they use at import time, so they keep working;
+    other libraries that probe for torchvision (transformers, behind the text encoder)
+    then see no torchvision instead of a stand-in they cannot use.
+    """
+    before = set(sys.modules)
+    install()
+    for name in REFERENCE_MODULES:
+        importlib.import_module(name)
+    for name in [n for n in sys.modules if n not in before]:
+        if getattr(sys.modules[name], _STAND_IN_FLAG, False):
+            del sys.modules[name]
