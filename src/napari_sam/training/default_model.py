@@ -37,7 +37,7 @@ DEFAULT_ARCHITECTURE = {
 # Hyper-parameters of the shipped model's run (TrainConfig fields).
 DEFAULT_TRAINING = {
     "train": "all",
-    "lr": 3e-4,
+    "lr": 1e-3,
     "weight_decay": 0.05,
     "warmup_max_steps": 100,
     "schedule": "cosine",
@@ -50,7 +50,7 @@ DEFAULT_TRAINING = {
     "dice_weight": 1.0,
     "focal_alpha": 0.75,
     "box_probability": 0.5,
-    "text_probability": 0.5,
+    "text_probability": 0.3,
     "synthetic_shape": (512, 512),
     "synthetic_steps_per_epoch": 220,
     "synthetic_val_images": 8,
