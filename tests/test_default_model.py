@@ -1,0 +1,94 @@
+"""The bundled default model: offline, intact, and good at what it was trained for."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import napari_sam
+from napari_sam import Predictor, load_model
+from napari_sam.synthetic import generate, sample_nuclei
+
+WEIGHTS = Path(napari_sam.__file__).parent / "weights" / "default.pt"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(load_model("default", device="cpu"))
+
+
+def test_bundled_file_matches_the_sha256_in_the_docs():
+    documented = re.search(r"default\.pt.*?([0-9a-f]{64})", DOCS.read_text(), re.S)
+    assert documented, "docs/models.md must give the sha256 of default.pt"
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == documented.group(1)
+
+
+def test_loads_with_no_network_and_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM_CACHE_DIR", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the default model must not touch the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    model = load_model("default", device="cpu")
+    assert model.image_size == 256 and model.supports_text
+    assert list(tmp_path.iterdir()) == []
+    assert model.metadata.get("text_classes")
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int]:
+    distance = ndimage.distance_transform_edt(mask)
+    return tuple(int(v) for v in np.unravel_index(np.argmax(distance), mask.shape))
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return rows[0], cols[0], rows[-1], cols[-1]
+
+
+def test_segments_generated_nuclei_from_one_point_and_from_a_box(predictor):
+    sample = sample_nuclei()
+    predictor.set_image(sample.image)
+    point_ious, box_ious = [], []
+    for label in np.unique(sample.labels)[1:]:
+        mask = sample.labels == label
+        point_ious.append(iou(predictor.predict(points=[_centre(mask)]).best, mask))
+        box_ious.append(iou(predictor.predict(box=_box(mask)).best, mask))
+    assert np.mean(point_ious) >= 0.8, point_ious
+    assert np.mean(box_ious) >= 0.85, box_ious
+
+
+def test_sixteen_bit_images_work_as_well(predictor):
+    sample = generate((320, 320), modality="fluorescence", kinds=("nucleus",), dtype=np.uint16, seed=5)
+    predictor.set_image(sample.image)
+    ious = [iou(predictor.predict(box=_box(sample.labels == label)).best, sample.labels == label)
+            for label in np.unique(sample.labels)[1:12]]
+    assert np.mean(ious) >= 0.8
+
+
+def test_a_fine_tune_can_start_from_it(tmp_path):
+    from napari_sam.training import finetune
+
+    images, labels = [], []
+    for seed in range(3):
+        sample = generate((192, 192), modality="fluorescence", kinds=("nucleus",), seed=100 + seed)
+        images.append(sample.image)
+        labels.append(sample.labels)
+    result = finetune(
+        images, labels, base="default", train="decoder", epochs=1, out=tmp_path / "tuned.pt",
+        objects_per_step=4, rounds=3, device="cpu",
+    )
+    tuned = load_model(tmp_path / "tuned.pt")
+    assert tuned.metadata["base_model"] == "default"
+    assert result.best is not None and result.best["box_miou"] > 0.5
