@@ -275,6 +275,7 @@ class EmbeddingStore:
             default the signature of ``plane`` itself.
         """
         if signature is None:
+            plane = np.asarray(plane)  # a lazy plane is read once, for the hash and the encoder
             signature = self.signature(plane)
         found = self._lookup(signature)
         if found is not None:

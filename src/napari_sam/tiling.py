@@ -280,7 +280,7 @@ class TiledPredictor:
             raise ValueError(f"set_plane needs a 2D plane (H, W) or (H, W, C), got shape {tuple(plane.shape)}")
         self.grid = TileGrid(tuple(plane.shape[:2]), self.tile_size, self.halo)
         self._plane = plane
-        self._signatures: dict[tuple[int, int], Signature] = {}
+        self._signatures = {}
         self.last_tile = None
 
     @property
