@@ -3,6 +3,11 @@
 A plain ViT on 16x16 patches (configurable) whose blocks attend within 14x14 windows,
 except a few global blocks; every attention carries a decomposed relative position
 bias. A convolutional neck maps the token grid to ``out_chans`` channels.
+
+With autograd (training) the plain batched code below runs. Without it
+(``torch.is_grad_enabled()`` False, as under ``Predictor``), the same function is
+computed in chunks with bounded temporaries, fused kernels and in-place residual sums;
+see :mod:`napari_sam.speed` for why.
 """
 
 from __future__ import annotations
@@ -11,7 +16,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..speed import chunk_length, linear, linear_weights, mlp_
 from .common import LayerNorm2d, MLPBlock
+
+# Fewest queries per flash-attention call in the chunked path (see Attention.attend).
+MIN_QUERIES = 1024
+
+
+def run_neck(neck: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``neck(x)``; without autograd, each :class:`LayerNorm2d` runs as one fused layer norm
+    over the channels of a channels-last view instead of nine elementwise kernels."""
+    if torch.is_grad_enabled():
+        return neck(x)
+    for layer in neck:
+        if isinstance(layer, LayerNorm2d):
+            channels_last = x.permute(0, 2, 3, 1)
+            x = F.layer_norm(channels_last, channels_last.shape[-1:], layer.weight, layer.bias, layer.eps)
+            x = x.permute(0, 3, 1, 2)
+        else:
+            x = layer(x)
+    return x
 
 
 class PatchEmbed(nn.Module):
@@ -22,7 +46,18 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        batch, chans, height, width = x.shape
+        patch = self.proj.kernel_size[0]
+        if torch.is_grad_enabled() or height % patch or width % patch:
+            return self.proj(x).permute(0, 2, 3, 1)
+        # Non-overlapping patches: one matrix product over flattened patches, faster on a
+        # CPU than the strided convolution, and channels-last as the blocks want it.
+        patches = (
+            x.reshape(batch, chans, height // patch, patch, width // patch, patch)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(batch, height // patch, width // patch, chans * patch * patch)
+        )
+        return linear_weights(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -76,6 +111,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, D) -> (B, H, W, D)``."""
+        if not torch.is_grad_enabled():
+            return self._forward_chunked(x)
         batch, height, width, dim = x.shape
         tokens = height * width
         # (3, B, heads, tokens, head_dim)
@@ -83,21 +120,84 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         bias = None
         if self.use_rel_pos:
-            bias = self._rel_pos_bias(q, height, width)
+            bias = self._rel_pos_bias(q, *self.rel_pos_tables(height, width), width)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, height, width, dim)
         return self.proj(out)
 
-    def _rel_pos_bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Additive bias ``(B, heads, HW, HW)`` from the unscaled queries (as in SAM)."""
-        table_h = relative_position_table(height, height, self.rel_pos_h)  # (H, H, C)
-        table_w = relative_position_table(width, width, self.rel_pos_w)  # (W, W, C)
-        batch, heads, _, channels = q.shape
+    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: ``(B, H, W, D) -> (B, H, W, D)`` through :meth:`attend`."""
+        batch, height, width, dim = x.shape
+        tokens = height * width
+        qkv = linear(self.qkv, x.reshape(batch, tokens, dim)).view(batch, tokens, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = self.attend(q, k, v, height, width).transpose(1, 2).reshape(batch, tokens, dim)
+        return linear(self.proj, out).view(batch, height, width, dim)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        height: int,
+        width: int,
+        tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Inference core: ``q, k, v (B, heads, H*W, C)`` (any strides) -> ``(B, heads, H*W, C)``.
+
+        ``tables`` are :meth:`rel_pos_tables` for ``(height, width)``, when the caller
+        attends over several batches of windows.
+
+        Queries attend in chunks of grid rows, each with its slice of the relative
+        position bias (the whole bias of a global block is ``heads * tokens²`` floats:
+        805 MB for vit_b). A chunk holds at least ``MIN_QUERIES`` queries: CPU flash
+        attention re-reads all keys and values per call and slows down below that.
+        """
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        batch, heads, tokens, channels = q.shape
+        # Per-query terms of the bias for every query, (B, heads, H, W, kH) and (..., kW).
+        table_h, table_w = tables if tables is not None else self.rel_pos_tables(height, width)
         q_grid = q.reshape(batch, heads, height, width, channels)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
-        bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, H, W, kH, kW)
-        return bias.reshape(batch, heads, height * width, height * width)
+        row_bytes = batch * heads * width * tokens * q.element_size()
+        rows = max(chunk_length(height, row_bytes), min(height, -(-MIN_QUERIES // width)))
+        bias = q.new_empty(batch, heads, rows, width, height, width)
+        out = None if rows == height else q.new_empty(batch, heads, tokens, channels)
+        for row in range(0, height, rows):
+            stop = min(height, row + rows)
+            part = bias[:, :, : stop - row]
+            torch.add(rel_h[:, :, row:stop, :, :, None], rel_w[:, :, row:stop, :, None, :], out=part)
+            queries = slice(row * width, stop * width)
+            attended = F.scaled_dot_product_attention(
+                q[:, :, queries], k, v, attn_mask=part.view(batch, heads, -1, tokens), scale=self.scale
+            )
+            if out is None:
+                return attended
+            out[:, :, queries] = attended
+        return out
+
+    def rel_pos_tables(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-axis tables ``(H, H, C)`` and ``(W, W, C)`` for a grid of ``(H, W)`` queries and keys."""
+        return (
+            relative_position_table(height, height, self.rel_pos_h),
+            relative_position_table(width, width, self.rel_pos_w),
+        )
+
+    @staticmethod
+    def _rel_pos_bias(q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, width: int) -> torch.Tensor:
+        """Additive bias ``(B, heads, R*W, kH*kW)`` for queries on ``R`` whole grid rows.
+
+        ``q (B, heads, R*W, C)`` are unscaled (as in SAM); ``table_h (R, kH, C)`` holds the
+        rows of those queries, ``table_w (W, kW, C)`` every column.
+        """
+        batch, heads, queries, channels = q.shape
+        q_grid = q.reshape(batch, heads, queries // width, width, channels)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+        bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, R, W, kH, kW)
+        return bias.reshape(batch, heads, queries, table_h.shape[1] * table_w.shape[1])
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -150,6 +250,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, D) -> (B, H, W, D)``."""
+        if not torch.is_grad_enabled():
+            return self._forward_chunked(x)
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
@@ -161,6 +263,61 @@ class Block(nn.Module):
             x = self.attn(x)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
+
+    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: attention, then the MLP over token chunks, residual sums in place.
+
+        ``x`` itself is never modified; the result is a new tensor.
+        """
+        normed = self.norm1(x)
+        if self.window_size > 0:
+            # The projection also runs over the padding (cheaper than cropping first).
+            height, width = x.shape[1:3]
+            x = x + linear(self.attn.proj, self._window_attention(normed))[:, :height, :width]
+        else:
+            x = self.attn(normed).add_(x)
+        del normed
+        return mlp_(self.norm2, self.mlp.lin1, self.mlp.act, self.mlp.lin2, x)
+
+    def _window_attention(self, normed: torch.Tensor) -> torch.Tensor:
+        """Inference: windowed attention of ``(B, H, W, D)`` normed tokens, bands of window rows at a time.
+
+        Returns the attention output on the padded grid ``(B, Hp, Wp, D)``. Padding
+        tokens are zero after the norm, so their q, k and v are the qkv layer's output
+        for a zero token: the qkv layer only sees real tokens.
+        """
+        attn, window = self.attn, self.window_size
+        batch, height, width, dim = normed.shape
+        heads = attn.num_heads
+        padded_h, padded_w = height + (-height % window), width + (-width % window)
+        grid_w = padded_w // window
+        pad_value = linear(attn.qkv, normed.new_zeros(1, dim))[0]
+        row_bytes = batch * window * padded_w * 3 * dim * normed.element_size()
+        band = window * chunk_length(padded_h // window, row_bytes)
+        out = normed.new_empty(batch, padded_h, padded_w, dim)
+        tables = attn.rel_pos_tables(window, window) if attn.use_rel_pos else None
+        for row in range(0, padded_h, band):
+            rows = min(padded_h - row, band)  # padded rows in this band
+            real = max(0, min(height - row, rows))
+            qkv = linear(attn.qkv, normed[:, row : row + real])
+            if (real, width) != (rows, padded_w):
+                padded = pad_value.expand(batch, rows, padded_w, 3 * dim).clone()
+                padded[:, :real, :width] = qkv
+                qkv = padded
+            grid_h = rows // window
+            # (B, gh, ws, gw, ws, 3, heads, C) -> (3, B * gh * gw, heads, ws * ws, C)
+            q, k, v = (
+                qkv.view(batch, grid_h, window, grid_w, window, 3, heads, dim // heads)
+                .permute(5, 0, 1, 3, 6, 2, 4, 7)
+                .reshape(3, batch * grid_h * grid_w, heads, window * window, dim // heads)
+                .unbind(0)
+            )
+            attended = attn.attend(q, k, v, window, window, tables)  # (windows, heads, ws * ws, C)
+            # -> (B, gh, ws, gw, ws, heads, C), the band's rows of the padded grid
+            out[:, row : row + rows].view(batch, grid_h, window, grid_w, window, heads, dim // heads).copy_(
+                attended.view(batch, grid_h, grid_w, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
+            )
+        return out
 
 
 class ImageEncoderViT(nn.Module):
@@ -222,10 +379,12 @@ class ImageEncoderViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.shape[0] > 1:
+            # One image at a time keeps every temporary within the chunk budget.
+            return torch.cat([self(image[None]) for image in x])
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
-
+        return run_neck(self.neck, x.permute(0, 3, 1, 2))

@@ -8,6 +8,11 @@ so the output grid is S/16 like SAM's ViT, and a neck maps it to SAM's 256 chann
 
 Module and parameter names follow MobileSAM's `TinyViT`, so its `image_encoder.*`
 weights (including the unused classification head) load with `strict=True`.
+
+With autograd (training) the plain code runs. Without it (inference, as under
+`Predictor`), the same function runs channels-last with batch norms folded into their
+convolutions, GELUs in place, windowed attention over real tokens only and MLPs over
+token chunks; see :mod:`napari_sam.speed`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..speed import chunk_length, gelu_, linear, mlp_
 from .common import LayerNorm2d
+from .image_encoder import run_neck
+
+
+def _inference(module: nn.Module) -> bool:
+    """Whether the inference path applies: no autograd and batch norms frozen."""
+    return not torch.is_grad_enabled() and not module.training
 
 
 class ConvBN(nn.Module):
@@ -41,7 +53,17 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, out_chans, H', W')."""
-        return self.bn(self.c(x))
+        if not _inference(self):
+            return self.bn(self.c(x))
+        weight, bias = self.folded()
+        conv = self.c
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the one convolution equal to conv + batch norm (eval mode)."""
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
 class PatchEmbed(nn.Module):
@@ -57,7 +79,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, embed_dim, H/4, W/4)."""
-        return self.seq(x)
+        if not _inference(self):
+            return self.seq(x)
+        return self.seq[2](gelu_(self.seq[0](x)))
 
 
 class MBConv(nn.Module):
@@ -73,6 +97,9 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
+        if _inference(self):
+            y = self.conv3(gelu_(self.conv2(gelu_(self.conv1(x)))))
+            return gelu_(y.add_(x))
         y = self.act(self.conv1(x))
         y = self.act(self.conv2(y))
         # Unlike a transformer block, the activation comes after the residual sum.
@@ -93,6 +120,8 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, out_dim, ceil(H/stride), ceil(W/stride))."""
+        if _inference(self):
+            return self.conv3(gelu_(self.conv2(gelu_(self.conv1(x)))))
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         return self.conv3(x)
@@ -223,9 +252,58 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) channels-last -> (B, H, W, C)."""
+        if _inference(self):
+            return self._forward_inference(x)
         x = x + self.window_attention(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x + self.mlp(x)
+
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: :meth:`window_attention` over real tokens, MLP in place over chunks."""
+        height, width = x.shape[1:3]
+        x = x + self._padded_window_attention(x)[:, :height, :width]
+        # A channels-last convolution: both permutes are views, the result is contiguous.
+        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+        mlp = self.mlp
+        return mlp_(mlp.norm, mlp.fc1, mlp.act, mlp.fc2, x)
+
+    def _padded_window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: :meth:`window_attention` on the padded grid, ``(B, H, W, C) -> (B, Hp, Wp, C)``.
+
+        Padding tokens are zero before the attention's norm, so their q, k and v are the
+        same for all: the norm and the qkv layer only see real tokens.
+        """
+        attn, window = self.attn, self.window_size
+        batch, height, width, chans = x.shape
+        heads, head_dim = attn.num_heads, attn.head_dim
+        padded_h, padded_w = height + (-height % window), width + (-width % window)
+        grid_w = padded_w // window
+        pad_value = linear(attn.qkv, attn.norm(x.new_zeros(1, chans)))[0]
+        bias = attn.attention_biases[:, attn.attention_bias_idxs].to(x.dtype)[None]  # (1, heads, N, N)
+        row_bytes = batch * window * padded_w * 3 * chans * x.element_size()
+        band = window * chunk_length(padded_h // window, row_bytes)
+        out = x.new_empty(batch, padded_h, padded_w, chans)
+        for row in range(0, padded_h, band):
+            rows = min(padded_h - row, band)  # padded rows in this band
+            real = max(0, min(height - row, rows))
+            qkv = linear(attn.qkv, attn.norm(x[:, row : row + real]))
+            if (real, width) != (rows, padded_w):
+                padded = pad_value.expand(batch, rows, padded_w, 3 * chans).clone()
+                padded[:, :real, :width] = qkv
+                qkv = padded
+            grid_h = rows // window
+            # Features are laid out (heads, [q|k|v], C): -> (3, windows, heads, ws * ws, C)
+            q, k, v = (
+                qkv.view(batch, grid_h, window, grid_w, window, heads, 3, head_dim)
+                .permute(6, 0, 1, 3, 5, 2, 4, 7)
+                .reshape(3, batch * grid_h * grid_w, heads, window * window, head_dim)
+                .unbind(0)
+            )
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out[:, row : row + rows].view(batch, grid_h, window, grid_w, window, heads, head_dim).copy_(
+                attended.view(batch, grid_h, grid_w, heads, window, window, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+            )
+        return linear(attn.proj, out)
 
 
 class BasicLayer(nn.Module):
@@ -347,10 +425,16 @@ class TinyViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, S, S) preprocessed images -> (B, out_chans, S/16, S/16) embeddings."""
+        if _inference(self):
+            if x.shape[0] > 1:  # one image at a time keeps temporaries within the chunk budget
+                return torch.cat([self(image[None]) for image in x])
+            # Channels-last convolutions are about twice as fast on a CPU, and the
+            # attention stages' (B, H, W, C) views of them are contiguous.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return run_neck(self.neck, x)
 
 
 def build_tiny_vit_encoder(img_size: int = 1024) -> TinyViT:
