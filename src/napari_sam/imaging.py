@@ -58,23 +58,39 @@ def to_rgb_uint8(plane: np.ndarray, normalization: Normalization = DEFAULT_NORMA
         raise ValueError(f"image dtype {plane.dtype} is not numeric")
 
     if channels.dtype != np.uint8:
-        channels = _rescale(channels.astype(np.float32, copy=False), normalization)
+        channels = _rescale(channels, normalization)
     if channels.shape[2] == 1:
         channels = np.repeat(channels, 3, axis=2)
     return np.ascontiguousarray(channels)
 
 
 def _rescale(values: np.ndarray, normalization: Normalization) -> np.ndarray:
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(values.shape, np.uint8)
-    # Percentiles of a strided subsample: exact enough for a display window and
-    # O(1e6) work even on 10k x 10k planes.
-    sample = values.reshape(-1) if finite.all() else values[finite]
-    if sample.size > 4_000_000:
-        sample = sample[:: sample.size // 2_000_000]
-    low, high = np.percentile(sample, [normalization.low, normalization.high])
+    """Percentile window -> uint8, in row blocks so a 10k x 10k plane never needs a float copy."""
+    low, high = _window(values, normalization)
+    scale = np.float32(255.0 / (high - low))
+    out = np.empty(values.shape, np.uint8)
+    rows = max(1, 4_000_000 // max(1, values[0].size))
+    for start in range(0, values.shape[0], rows):
+        block = values[start : start + rows].astype(np.float32)
+        if values.dtype.kind == "f":
+            np.nan_to_num(block, copy=False, nan=low, posinf=high, neginf=low)
+        block -= np.float32(low)
+        block *= scale
+        block += np.float32(0.5)
+        np.clip(block, 0, 255, out=block)
+        out[start : start + rows] = block
+    return out
+
+
+def _window(values: np.ndarray, normalization: Normalization) -> tuple[float, float]:
+    """(low, high) intensities of the percentile window, from at most ~2M samples."""
+    step = max(1, int(np.sqrt(values[..., 0].size / 2_000_000)))
+    sample = np.asarray(values[::step, ::step], dtype=np.float32).reshape(-1)
+    if values.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(sample, [normalization.low, normalization.high]))
     if high <= low:
         high = low + 1.0
-    scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+    return low, high

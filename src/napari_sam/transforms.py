@@ -24,11 +24,12 @@ from PIL import Image
 def resized_shape(shape: tuple[int, int], target: int) -> tuple[int, int]:
     """Shape ``(h, w)`` of a plane of ``shape`` resized so its longest side is ``target``.
 
-    Rounds as SAM does (``int(x + 0.5)``), so embeddings match the reference.
+    Rounds as SAM does (``int(x + 0.5)``), so embeddings match the reference; a very thin
+    plane keeps at least one pixel on its short side (the reference would make it empty).
     """
     height, width = int(shape[0]), int(shape[1])
     scale = target / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_rgb(image: np.ndarray, target: int) -> np.ndarray:
