@@ -134,6 +134,28 @@ def mlp_(norm: nn.Module, lin1: nn.Module, act: nn.Module, lin2: nn.Module, x: t
     return x
 
 
+def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``layers(x)``; without autograd, each ``LayerNorm2d`` runs as one fused layer norm
+    over a channels-last view (instead of nine elementwise kernels) and each exact GELU
+    in place on the tensor the previous layer made."""
+    from .model.common import LayerNorm2d  # here: napari_sam.model imports this module
+
+    if torch.is_grad_enabled():
+        return layers(x)
+    owned = False  # whether x was made here (the caller's tensor is never modified)
+    for layer in layers:
+        if isinstance(layer, LayerNorm2d):
+            channels_last = x.permute(0, 2, 3, 1)
+            x = F.layer_norm(channels_last, channels_last.shape[-1:], layer.weight, layer.bias, layer.eps)
+            x = x.permute(0, 3, 1, 2)
+        elif owned and type(layer) is nn.GELU and layer.approximate == "none":
+            x = gelu_(x)
+        else:
+            x = layer(x)
+        owned = True
+    return x
+
+
 # -- fast mode ---------------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ low-res
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,10 +83,29 @@ def upscale_logits(
 
     Same sequence as SAM: bilinear to the padded model input, crop the padding,
     bilinear to the original size. Thresholding at 0 gives the masks.
+
+    Only the low-res rows and columns under the crop are upsampled, with the scale
+    factor of the full square, so every kept pixel gets the same value as in the full
+    upsampling; the second step is skipped when it would not change the size (bilinear
+    at scale 1 is the identity).
     """
-    logits = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    low_h, low_w = low_res.shape[-2:]
+    # Output pixel i of the first step reads low-res pixels floor((i + 0.5) * s - 0.5)
+    # and the next one, s = low / image; one more keeps the border clamp out of the crop.
+    rows = min(low_h, math.ceil(input_size[0] * low_h / image_size) + 2)
+    cols = min(low_w, math.ceil(input_size[1] * low_w / image_size) + 2)
+    # One channel per image: torch's CPU kernel takes a faster path (no layout copies).
+    shape = low_res.shape[:-2]
+    logits = F.interpolate(
+        low_res[..., :rows, :cols].reshape(-1, 1, rows, cols),
+        scale_factor=(image_size / low_h, image_size / low_w),
+        mode="bilinear",
+        align_corners=False,
+    )
     logits = logits[..., : input_size[0], : input_size[1]]
-    return F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
+    if tuple(input_size) != tuple(original_size):
+        logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
+    return logits.view(*shape, *logits.shape[-2:])
 
 
 # The mask prompt passes a conv and a per-pixel LayerNorm, so its scale barely matters;

@@ -16,26 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import chunk_length, linear, linear_weights, mlp_
+from ..speed import chunk_length, linear, linear_weights, mlp_, run_sequential
 from .common import LayerNorm2d, MLPBlock
 
 # Fewest queries per flash-attention call in the chunked path (see Attention.attend).
 MIN_QUERIES = 1024
-
-
-def run_neck(neck: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``neck(x)``; without autograd, each :class:`LayerNorm2d` runs as one fused layer norm
-    over the channels of a channels-last view instead of nine elementwise kernels."""
-    if torch.is_grad_enabled():
-        return neck(x)
-    for layer in neck:
-        if isinstance(layer, LayerNorm2d):
-            channels_last = x.permute(0, 2, 3, 1)
-            x = F.layer_norm(channels_last, channels_last.shape[-1:], layer.weight, layer.bias, layer.eps)
-            x = x.permute(0, 3, 1, 2)
-        else:
-            x = layer(x)
-    return x
 
 
 class PatchEmbed(nn.Module):
@@ -387,4 +372,4 @@ class ImageEncoderViT(nn.Module):
             x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return run_neck(self.neck, x.permute(0, 3, 1, 2))
+        return run_sequential(self.neck, x.permute(0, 3, 1, 2))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..speed import gelu_, linear_weights, run_sequential
 from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
@@ -68,9 +70,18 @@ class MaskDecoder(nn.Module):
         -------
         masks : (B, K, 4h, 4w) logits; iou_pred : (B, K), K = 3 or 1.
         """
-        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou_pred[:, selected]
+        if torch.is_grad_enabled():
+            # Training: every token's hypernetwork in the graph (zero gradients for the
+            # unselected ones, so optimizers treat all parameters alike).
+            masks, iou_pred = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            )
+            return masks[:, selected], iou_pred[:, selected]
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, selected
+        )
+        return masks, iou_pred[:, selected]
 
     def predict_masks(
         self,
@@ -78,8 +89,10 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        selected: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks ``(B, 4, 4h, 4w)`` and IoU predictions ``(B, 4)``."""
+        """Masks of the ``selected`` mask tokens ``(B, K, 4h, 4w)`` (default all four) and
+        the IoU predictions of all tokens ``(B, 4)``."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
@@ -96,10 +109,53 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        _, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(batch, -1, up_h, up_w)
+        indices = range(self.num_mask_tokens)[selected]  # only the masks asked for
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1)
+        if not torch.is_grad_enabled() and self._pixelwise_upscaling():
+            masks = self._upscale_pixelwise(src, hyper_in, height, width)
+        else:
+            # (B, hw, C) -> (B, C, h, w) as a channels-last view, no copy
+            upscaled = run_sequential(self.output_upscaling, src.transpose(1, 2).reshape(batch, channels, height, width))
+            _, up_channels, up_h, up_w = upscaled.shape
+            # (B, C, h, w) in any memory layout -> (B, C, hw): a view when channels-last
+            pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, up_h * up_w, up_channels).transpose(1, 2)
+            masks = (hyper_in @ pixels).reshape(batch, -1, up_h, up_w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def _pixelwise_upscaling(self) -> bool:
+        """Whether ``output_upscaling`` is SAM's: 2x2 stride-2 transposed convs, LayerNorm2d, GELUs."""
+        layers = list(self.output_upscaling)
+        if [type(layer) for layer in layers] != [nn.ConvTranspose2d, LayerNorm2d, nn.GELU, nn.ConvTranspose2d, nn.GELU]:
+            return False
+        convs, gelus = (layers[0], layers[3]), (layers[2], layers[4])
+        return all(
+            conv.kernel_size == conv.stride == (2, 2) and conv.padding == (0, 0) and conv.output_padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is not None
+            for conv in convs
+        ) and all(gelu.approximate == "none" for gelu in gelus)
+
+    def _upscale_pixelwise(self, src: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Inference: ``output_upscaling`` and the mask product as three matrix products.
+
+        A 2x2 transposed conv of stride 2 maps each input pixel to its own 2x2 output
+        pixels: a linear layer to ``4 * C_out`` features. The layer norm and the GELUs act
+        per pixel, so both convs run on the rows ``(i, j, di, dj)`` as they come and only
+        the K final masks are put into image order (instead of ``C / 8`` feature maps).
+
+        ``src (B, hw, C)`` image tokens, ``hyper_in (B, K, C / 8)`` -> masks ``(B, K, 4h, 4w)``.
+        """
+        conv1, norm, _, conv2, _ = self.output_upscaling
+        batch, tokens, _ = src.shape
+
+        def as_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+            # (C_in, C_out, 2, 2) -> (4 * C_out, C_in), output features ordered (di, dj, c_out)
+            weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)
+            return weight, conv.bias.repeat(4)
+
+        hidden = linear_weights(src, *as_linear(conv1)).view(-1, conv1.out_channels)
+        hidden = gelu_(F.layer_norm(hidden, hidden.shape[-1:], norm.weight, norm.bias, norm.eps))
+        features = linear_weights(hidden, *as_linear(conv2), gelu=True)  # (B * hw * 4, 4 * C2)
+        masks = features.view(batch, tokens * 16, conv2.out_channels) @ hyper_in.transpose(1, 2)
+        # rows (i, j, di, dj, di2, dj2): output pixel (4i + 2di + di2, 4j + 2dj + dj2)
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(batch, -1, 4 * height, 4 * width)

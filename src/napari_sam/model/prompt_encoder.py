@@ -94,8 +94,22 @@ class PromptEncoder(nn.Module):
             )
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: ``(1, C, h, w)``."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: ``(1, C, h, w)``.
+
+        Computed once per grid, device and dtype (it depends on a fixed buffer only) and
+        cached, channels-last so that the decoder's ``(B, hw, C)`` view of it is
+        contiguous. Treat the result as read-only.
+        """
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (self.image_embedding_size, matrix.device, matrix.dtype, matrix.data_ptr(), matrix._version)
+        cached = self.__dict__.get("_dense_pe")
+        if cached is None or cached[0] != key:
+            # A plain tensor even under inference_mode: training may use it afterwards.
+            with torch.inference_mode(False), torch.no_grad():
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+                pe = pe.contiguous(memory_format=torch.channels_last)
+            cached = self.__dict__["_dense_pe"] = (key, pe)
+        return cached[1]
 
     def _embed_points(self, coords_xy: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         coords_xy = coords_xy + 0.5  # pixel centres

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import chunk_length, gelu_, linear, mlp_
+from ..speed import chunk_length, gelu_, linear, mlp_, run_sequential
 from .common import LayerNorm2d
-from .image_encoder import run_neck
 
 
 def _inference(module: nn.Module) -> bool:
@@ -434,7 +433,7 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return run_neck(self.neck, x)
+        return run_sequential(self.neck, x)
 
 
 def build_tiny_vit_encoder(img_size: int = 1024) -> TinyViT:
