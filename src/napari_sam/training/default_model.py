@@ -41,7 +41,7 @@ DEFAULT_TRAINING = {
     "weight_decay": 0.05,
     "warmup_max_steps": 50,
     "schedule": "cosine",
-    "objects_per_step": 12,
+    "objects_per_step": 8,
     # Fewer interaction rounds than SAM's 11: from random weights the first round is what
     # must be learnt first, and three rounds buy three times the steps on a CPU budget.
     "rounds": 3,
@@ -53,7 +53,7 @@ DEFAULT_TRAINING = {
     "focal_weight": 0.0,
     "dice_weight": 1.0,
     "synthetic_shape": (512, 512),
-    "synthetic_steps_per_epoch": 250,
+    "synthetic_steps_per_epoch": 200,
     "synthetic_val_images": 8,
     "checkpoint_every": 100,
     "seed": 0,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of 250 fresh images each")
+    parser.add_argument("--epochs", type=int, default=7, help="epochs of 200 fresh images each")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
