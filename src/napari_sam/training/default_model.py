@@ -52,7 +52,7 @@ DEFAULT_TRAINING = {
     # of steps: runs sat at dice loss 1.0. Dice alone leaves that plateau at once.
     "focal_weight": 0.0,
     "dice_weight": 1.0,
-    "synthetic_shape": (512, 512),
+    "synthetic_shape": (256, 256),
     "synthetic_steps_per_epoch": 200,
     "synthetic_val_images": 8,
     "checkpoint_every": 100,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
-    parser.add_argument("--epochs", type=int, default=7, help="epochs of 200 fresh images each")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of 200 fresh images each")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
