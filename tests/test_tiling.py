@@ -319,3 +319,123 @@ def test_default_model_segments_a_cell_across_a_tile_border_as_one_mask():
     iou = (biggest & obj).sum() / (biggest | obj).sum()
     assert iou > 0.8
     assert biggest[border - 5: border + 5].any()  # crosses the core border
+
+
+# ---- text prompts and batched boxes over tiles --------------------------------------------
+
+
+class TextThresholdPredictor(ThresholdPredictor):
+    """The threshold stand-in with a text path: text alone is every bright object; with a
+    point or box, the text changes nothing. Records the texts it was asked."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.texts = []
+
+    def _decode(self, embedding, prompts, multimask):
+        self.texts.append(prompts.text)
+        if prompts.text is None or prompts.points is not None or prompts.box is not None:
+            return super()._decode(embedding, prompts, multimask)
+        foreground = embedding.features[0, 0].numpy() > 0
+        count = 3 if multimask else 1
+        logits = torch.from_numpy(np.where(foreground, 10.0, -10.0).astype(np.float32))[None, None]
+        return logits.repeat(1, count, 1, 1), torch.linspace(0.9, 0.7, count)[None]
+
+    def predict_boxes(self, boxes):  # the real one calls the model's batched decoder directly
+        return [self.predict(box=box) for box in np.asarray(boxes).reshape(-1, 4)]
+
+
+def test_text_alone_on_a_tiled_plane_is_every_object_whole_across_core_borders(model):
+    shape = (300, 420)
+    grid = TileGrid(shape, 128, 32)
+    row_border, col_border = grid.tile(1, 1).core[0], grid.tile(1, 1).core[1]
+    objects = (disc(shape, (row_border, 200), 20) | disc(shape, (150, col_border), 18)
+               | disc(shape, (row_border, col_border), 12) | disc(shape, (30, 30), 10) | disc(shape, (280, 400), 9))
+    tiled = TiledPredictor(TextThresholdPredictor(model), tile_size=128, halo=32)
+    tiled.set_plane(np.where(objects, 200, 20).astype(np.uint8))
+    steps = []
+    candidates = tiled.predict(text="Nucleus ", progress=lambda done, total: steps.append((done, total)))
+    assert len(candidates) == 1 and candidates.masks.shape == (1, *shape)
+    np.testing.assert_array_equal(candidates.best, objects)
+    assert tiled.store.encoder_calls == len(tiled.grid) > 1  # the whole plane, each tile once
+    assert steps[0] == (0, len(tiled.grid)) and steps[-1] == (len(tiled.grid), len(tiled.grid))
+    assert set(tiled.predictor.texts) == {"nucleus"}
+    assert tiled.last_tile is not None and len(candidates.logits) == 1  # the centre tile's
+    assert tiled.tiles_for(text="nucleus") == list(tiled.grid)
+    several = tiled.predict(text="nucleus", multimask=True)
+    assert several.masks.shape == (3, *shape) and np.all(np.diff(several.scores) <= 0)
+    assert tiled.store.encoder_calls == len(tiled.grid)  # cached
+
+
+def test_text_with_a_point_is_passed_to_the_one_tile_the_point_chooses(model):
+    shape = (300, 420)
+    obj, other = disc(shape, (100, 100), 15), disc(shape, (250, 350), 15)
+    tiled = TiledPredictor(TextThresholdPredictor(model), tile_size=128, halo=32)
+    tiled.set_plane(np.where(obj | other, 200, 20).astype(np.uint8))
+    candidates = tiled.predict(points=[(100, 100)], text="nucleus")
+    np.testing.assert_array_equal(candidates.best, obj)
+    assert tiled.predictor.texts == ["nucleus"] and tiled.store.encoder_calls == 1
+    with pytest.warns(UserWarning, match="empty text"):
+        tiled.predict(points=[(100, 100)], text="  ")
+
+
+def test_text_alone_with_a_text_model_keeps_each_tiles_own_mask_on_its_core():
+    from napari_sam.text import TEXT_DIM
+
+    torch.manual_seed(0)
+    predictor = Predictor(build_sam({**TINY, "text_dim": TEXT_DIM}))
+    plane = np.random.default_rng(4).integers(0, 255, (200, 260)).astype(np.uint8)
+    tiled = TiledPredictor(predictor, tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    merged = tiled.predict(text="nucleus")
+    assert merged.masks.shape == (1, 200, 260) and len(tiled.grid) > 1
+    for tile in tiled.grid:
+        predictor.set_image(plane[tile.slices()])
+        own = predictor.predict(text="nucleus").best
+        r0, c0, r1, c1 = tile.core
+        w0, v0 = tile.offset
+        np.testing.assert_array_equal(merged.best[r0:r1, c0:c1], own[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0])
+    small = TiledPredictor(predictor, tile_size=128, halo=16)
+    small.set_plane(plane[:100, :120])
+    predictor.set_image(plane[:100, :120])
+    np.testing.assert_array_equal(small.predict(text="nucleus").masks, predictor.predict(text="nucleus").masks)
+
+
+def test_predict_boxes_batches_boxes_per_tile_and_stitches_larger_ones(model, monkeypatch):
+    shape = (600, 600)
+    rows, cols = np.ogrid[:600, :600]
+    large = ((rows - 200) / 150.0) ** 2 + ((cols - 190) / 110.0) ** 2 <= 1  # larger than a tile
+    small = [disc(shape, (40, 420), 12), disc(shape, (70, 450), 10), disc(shape, (520, 80), 14)]
+    plane = np.where(large | small[0] | small[1] | small[2], 200, 30).astype(np.uint8)
+    stand_in = TextThresholdPredictor(model)
+    tiled = TiledPredictor(stand_in, tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    batches = []
+    original = stand_in.predict_boxes
+    monkeypatch.setattr(stand_in, "predict_boxes", lambda boxes: batches.append(len(boxes)) or original(boxes))
+
+    def around(mask, pad=3):
+        r, c = np.nonzero(mask)
+        return (r.min() - pad, c.min() - pad, r.max() + pad, c.max() + pad)
+
+    boxes = [around(small[2]), (45, 75, 355, 305), around(small[0]), around(small[1])]
+    results = tiled.predict_boxes(boxes)
+    assert len(results) == 4 and all(r.masks.shape == (1, *shape) for r in results)
+    for result, expected in zip(results, [small[2], large, small[0], small[1]]):
+        np.testing.assert_array_equal(result.best, expected)
+    assert sorted(batches) == [1, 2]  # the two neighbours share one tile and one batch
+    assert tiled.predict_boxes(np.zeros((0, 4))) == []
+    with pytest.raises(ValueError, match="outside"):
+        tiled.predict_boxes([(10, 10, 20, 20), (10, 10, 20, 900)])
+
+
+def test_predict_boxes_on_a_small_plane_is_exactly_predictor(model):
+    plane = np.random.default_rng(5).integers(0, 255, (100, 120)).astype(np.uint8)
+    reference = Predictor(model)
+    reference.set_image(plane)
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    boxes = [(10, 20, 80, 90), (5, 5, 30, 40)]
+    for got, expected in zip(tiled.predict_boxes(boxes), reference.predict_boxes(boxes)):
+        np.testing.assert_array_equal(got.masks, expected.masks)
+        np.testing.assert_array_equal(got.scores, expected.scores)

@@ -122,7 +122,8 @@ def fake_decoder(widget, monkeypatch, radius=6):
     predictor = widget.predictor
 
     def predict(points=None, point_labels=None, box=None, mask_input=None, multimask=None, **kwargs):
-        calls.append({"points": points, "labels": point_labels, "box": box, "mask_input": mask_input})
+        calls.append({"points": points, "labels": point_labels, "box": box, "mask_input": mask_input,
+                      "text": kwargs.get("text")})
         shape = predictor.embedding.original_size
         centre = points[0] if points is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         mask = disk(shape, np.round(centre), radius)
@@ -506,3 +507,110 @@ def test_sample_data_is_contributed(make_napari_viewer):
     assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei ground truth"]
     assert viewer.layers["nuclei"].data.shape == (256, 256)
     assert viewer.layers["nuclei ground truth"].data.max() > 5
+
+
+# --------------------------------------------------------------------------- text prompts
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    from napari_sam.text import TEXT_DIM
+
+    torch.manual_seed(0)
+    return build_sam({**TINY, "text_dim": TEXT_DIM})
+
+
+def enter_text(qtbot, widget, text):
+    """Type ``text`` into the text prompt field and press Enter; wait for the preview."""
+    from qtpy.QtCore import Qt
+
+    widget.text_edit.clear()
+    qtbot.keyClicks(widget.text_edit, text)
+    with qtbot.waitSignal(widget.predicted, timeout=TIMEOUT):
+        qtbot.keyClick(widget.text_edit, Qt.Key.Key_Return)
+    wait_idle(qtbot, widget)
+
+
+def test_text_field_is_disabled_for_a_model_without_text_path(start, qtbot, tiny_model, monkeypatch):
+    viewer, widget = start(np.zeros((32, 32), np.uint8), tiny_model)
+    assert widget.text_edit.placeholderText() == "e.g. nucleus"
+    assert not widget.text_edit.isEnabled()
+    assert "no text path" in widget.text_edit.toolTip()
+    calls = fake_decoder(widget, monkeypatch, radius=4)
+    widget.text_edit.setText("nucleus")  # e.g. typed while another model was loaded: ignored
+    add_point(qtbot, widget, (10, 10))
+    assert calls[-1]["text"] is None
+
+
+def test_typed_text_alone_previews_every_tile_merged_and_commits_one_label(
+    start, qtbot, text_model, nuclei, monkeypatch
+):
+    viewer, widget = start(nuclei.image, text_model)  # 256 px: tiles of the tiny model's 128 px
+    assert widget.text_edit.isEnabled()
+    texts = []
+    original = widget.predictor.predict
+
+    def spy(*args, text=None, **kwargs):
+        result = original(*args, text=text, **kwargs)  # the real text path runs
+        texts.append(text)
+        # A known answer, whatever the random model says: the tile's whole window.
+        return Candidates(masks=np.ones_like(result.masks), scores=result.scores, logits=result.logits)
+
+    monkeypatch.setattr(widget.predictor, "predict", spy)
+    enter_text(qtbot, widget, "nucleus")
+    grid = widget._tiled.grid
+    assert len(grid) > 1 and texts == ["nucleus"] * len(grid)
+    assert widget.store.encoder_calls == len(grid)  # text alone embeds the whole plane
+    (candidates,) = widget.candidates
+    assert candidates.masks.shape == (1, 256, 256)
+    assert (widget.preview_layer.data > 0).all()  # every tile's core reached the preview
+    assert accept(qtbot, widget) == 256 * 256
+    assert set(np.unique(widget.labels_layer.data)) == {1}  # one label for all of them
+    assert widget.text_edit.text() == "nucleus"  # the kind stays for the next objects
+
+
+def test_text_with_a_point_asks_for_the_object_under_it(start, qtbot, text_model, monkeypatch):
+    image = np.random.default_rng(8).integers(0, 255, (64, 64)).astype(np.uint8)
+    viewer, widget = start(image, text_model)
+    calls = []
+    original = widget.predictor.predict
+
+    def spy(points=None, point_labels=None, box=None, mask_input=None, multimask=None, text=None):
+        calls.append({"points": points, "text": text, "mask_input": mask_input})
+        return original(points, point_labels, box, mask_input, multimask, text=text)
+
+    monkeypatch.setattr(widget.predictor, "predict", spy)
+    enter_text(qtbot, widget, "nucleus")
+    assert calls[-1]["points"] is None and calls[-1]["text"] == "nucleus"
+    np.testing.assert_array_equal(widget.preview_layer.data > 0, widget.candidates[0].masks[0])
+    add_point(qtbot, widget, (30, 30))
+    np.testing.assert_allclose(calls[-1]["points"], [[30, 30]])
+    assert calls[-1]["text"] == "nucleus"
+    assert calls[-1]["mask_input"] is None  # not refined from the mask of every nucleus
+    assert len(widget.candidates[0]) == 1
+    np.testing.assert_array_equal(widget.preview_layer.data > 0, widget.candidates[0].masks[0])
+
+
+def test_unknown_and_empty_text_become_notifications(start, qtbot, text_model, monkeypatch):
+    viewer, widget = start(np.zeros((32, 32), np.uint8), text_model)
+    monkeypatch.setitem(text_model.metadata, "text_classes", {"nucleus": ["nucleus", "nuclei"]})
+    before = len(notification_manager.records)
+    enter_text(qtbot, widget, "giraffe")
+    messages = [str(record.message) for record in notification_manager.records[before:]]
+    assert any("unlike anything" in message for message in messages), messages
+    assert widget.candidates and "unlike anything" in widget.status_label.text()
+    before = len(notification_manager.records)
+    enter_text(qtbot, widget, "   ")
+    messages = [str(record.message) for record in notification_manager.records[before:]]
+    assert any("empty text prompt" in message for message in messages), messages
+    assert not widget.candidates
+
+
+def test_text_nucleus_previews_the_nuclei_of_a_fluorescence_image(start, qtbot, default_model):
+    from napari_sam.synthetic import generate
+
+    sample = generate((256, 256), modality="fluorescence", kinds=("nucleus", "elongated cell"), seed=11)
+    nuclei = np.isin(sample.labels, [label for label, kind in sample.classes.items() if kind == "nucleus"])
+    viewer, widget = start(sample.image, default_model)
+    enter_text(qtbot, widget, "nucleus")
+    assert iou(widget.preview_layer.data > 0, nuclei) >= 0.6

@@ -220,7 +220,8 @@ class Predictor:
         if prompts.mask_input is not None:
             masks = torch.as_tensor(prompts.mask_input, device=device)[None, None]
         if prompts.text is not None:
-            text = torch.as_tensor(self._embed_text(prompts.text), device=device)[None]
+            # A copy: the cached sentence vector is read-only (torch warns on sharing it).
+            text = torch.tensor(self._embed_text(prompts.text), device=device)[None]
         return self.model.decode(
             embedding.features, coords, labels, boxes, masks, multimask=multimask, text_embeddings=text
         )

@@ -35,6 +35,12 @@ decodes the prompt clipped to its window, the logits are brought to plane resolu
 and blended with weights that are 1 inside the core and fall linearly to 0 across the
 halo (never at the plane border), so neighbours agree where they overlap and there is
 no seam at core borders.
+
+Text alone (``predict(text="nucleus")``: every object of that kind) is the one prompt
+that needs the whole plane: every tile decodes the text and each tile's core takes that
+tile's mask. A core pixel thus comes from the tile that sees it with at least ``h``
+pixels of context, so an object reaching at most ``h`` beyond a core border is whole on
+both sides of it; no plane-sized float buffer is needed, only the masks.
 """
 
 from __future__ import annotations
@@ -328,11 +334,16 @@ class TiledPredictor:
         self._require_plane()
         return self.store.lookup(signature=self._signature(tile)) is not None
 
-    def tiles_for(self, points=None, box=None) -> list[Tile]:
-        """The tiles :meth:`predict` would embed for these points / box."""
+    def tiles_for(self, points=None, box=None, text: str | None = None) -> list[Tile]:
+        """The tiles :meth:`predict` would embed for these points / box / text.
+
+        Text alone needs every tile; with points or a box, text changes nothing here.
+        """
         self._require_plane()
-        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size, points, None, box)
+        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size, points, None, box, None, text)
         bbox = prompt_bbox(prompts)
+        if bbox is None:  # text alone
+            return list(self.grid.tiles)
         tile = self.grid.choose(bbox)
         return [tile] if tile is not None else self.grid.overlapping(bbox)
 
@@ -364,25 +375,32 @@ class TiledPredictor:
     # ---- prediction -------------------------------------------------------------------
 
     def predict(self, points=None, point_labels=None, box=None, mask_input=None,
-                multimask: bool | None = None) -> Candidates:
-        """Segment one object; same arguments and result as :meth:`Predictor.predict`.
+                multimask: bool | None = None, text: str | None = None, *,
+                progress: Progress | None = None) -> Candidates:
+        """Segment one object (or, for text alone, every object of a kind); same arguments
+        and result as :meth:`Predictor.predict`.
 
         Coordinates are ``(row, col)`` of the whole plane; masks are ``(N, H, W)`` over
         the whole plane. ``Candidates.logits`` are the low-res logits of
-        :attr:`last_tile`.
+        :attr:`last_tile`. Text with points or a box is decoded in the tile(s) the points
+        and box choose; text alone is decoded in every tile (each embedded if needed,
+        ``progress(done, total)`` counting tiles) and each tile's core keeps its mask.
         """
         self._require_plane()
         if len(self.grid) == 1:
-            self.predictor.set_embedding(self.embedding(self.grid.tiles[0]))
+            self.predictor.set_embedding(self.embedding(self.grid.tiles[0], progress=progress))
             self.last_tile = self.grid.tiles[0]
-            return self.predictor.predict(points, point_labels, box, mask_input, multimask)
+            return self.predictor.predict(points, point_labels, box, mask_input, multimask, text=text)
 
         prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size,
-                                points, point_labels, box, mask_input)
+                                points, point_labels, box, mask_input, text)
         if multimask is None:
-            multimask = prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
+            multimask = (prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
+                         and prompts.text is None)
         bbox = prompt_bbox(prompts)
-        if bbox is None:  # a mask_input alone refines the previous result in its tile
+        if bbox is None and prompts.mask_input is None:  # text alone: the whole plane
+            return self._predict_everywhere(prompts, multimask, progress)
+        if bbox is None:  # a mask_input (and text) refines the previous result in its tile
             if self.last_tile is None:
                 raise ValueError("a mask_input alone needs a previous prediction on this plane")
             return self._predict_in_tile(self.last_tile, prompts, multimask)
@@ -393,6 +411,83 @@ class TiledPredictor:
         if tile is not None:
             return self._predict_in_tile(tile, prompts, multimask)
         return self._predict_merged(self.grid.overlapping(bbox), bbox, prompts, multimask)
+
+    def predict_boxes(self, boxes) -> list[Candidates]:
+        """Segment one object per box, like :meth:`Predictor.predict_boxes`.
+
+        Parameters
+        ----------
+        boxes : (N, 4) array-like of (r0, c0, r1, c1) in whole-plane pixels
+
+        Returns
+        -------
+        list of N Candidates (one mask each, ``(1, H, W)``), in the order of ``boxes``.
+        Boxes that one tile holds are decoded in one batch per tile; a larger box takes
+        the blended path of :meth:`predict`. Each result's ``logits`` are in the frame of
+        the tile its box used.
+        """
+        self._require_plane()
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        for box in boxes:  # refuse a bad box before any encoder runs
+            Prompts.build(self.grid.shape, self.predictor.model.low_res_size, box=box)
+        if len(boxes) == 0:
+            return []
+        if len(self.grid) == 1:
+            self.predictor.set_embedding(self.embedding(self.grid.tiles[0]))
+            self.last_tile = self.grid.tiles[0]
+            return self.predictor.predict_boxes(boxes)
+
+        by_tile: dict[tuple[int, int], list[int]] = {}
+        larger: list[int] = []
+        for i, box in enumerate(boxes):
+            tile = self.grid.choose(tuple(box))
+            if tile is None:
+                larger.append(i)
+            else:
+                by_tile.setdefault(tile.index, []).append(i)
+        results: list[Candidates | None] = [None] * len(boxes)
+        for index, members in by_tile.items():
+            tile = self.grid.tile(*index)
+            r0, c0 = tile.offset
+            height, width = tile.shape
+            local = np.clip(boxes[members] - (r0, c0, r0, c0), -0.5,
+                            [height - 0.5, width - 0.5, height - 0.5, width - 0.5])
+            self.predictor.set_embedding(self.embedding(tile))
+            for i, result in zip(members, self.predictor.predict_boxes(local)):
+                results[i] = self._on_plane(tile, result)
+            self.last_tile = tile
+        for i in larger:
+            results[i] = self.predict(box=boxes[i])
+        return results
+
+    def _predict_everywhere(self, prompts: Prompts, multimask: bool, progress: Progress | None) -> Candidates:
+        """Text alone: every tile decodes the text; each core keeps its own tile's masks.
+
+        Candidates are combined rank by rank (each tile's are sorted by predicted IoU),
+        scores weighted by core area; the logits are those of the tile at the plane's centre.
+        """
+        tiles = self.grid.tiles
+        centre = self.grid.tile_at((self.grid.shape[0] - 1) / 2, (self.grid.shape[1] - 1) / 2)
+        masks = score_sum = central_logits = None
+        for done, tile in enumerate(tiles):
+            if progress is not None:
+                progress(done, len(tiles))
+            self.predictor.set_embedding(self.embedding(tile))
+            result = self.predictor.predict(text=prompts.text, multimask=multimask)
+            if masks is None:
+                masks = np.zeros((len(result),) + self.grid.shape, dtype=bool)
+                score_sum = np.zeros(len(result), np.float64)
+            r0, c0, r1, c1 = tile.core
+            w0, v0 = tile.offset
+            masks[:, r0:r1, c0:c1] = result.masks[:, r0 - w0 : r1 - w0, c0 - v0 : c1 - v0]
+            score_sum += result.scores * float((r1 - r0) * (c1 - c0))
+            if tile == centre:
+                central_logits = result.logits
+        if progress is not None:
+            progress(len(tiles), len(tiles))
+        self.last_tile = centre
+        scores = (score_sum / float(self.grid.shape[0] * self.grid.shape[1])).astype(np.float32)
+        return Candidates(masks=masks, scores=scores, logits=central_logits)
 
     def _local_prompts(self, tile: Tile, prompts: Prompts, *, need_positive: bool) -> dict | None:
         """The prompts in the tile's frame, points outside it dropped and the box clipped.
@@ -420,6 +515,7 @@ class TiledPredictor:
             return None
         if local["points"] is None and local["box"] is None and local["mask_input"] is None:
             return None
+        local["text"] = prompts.text
         return local
 
     def _shift_logits(self, logits: np.ndarray, tile: Tile) -> np.ndarray:
@@ -441,6 +537,10 @@ class TiledPredictor:
         self.predictor.set_embedding(self.embedding(tile))
         result = self.predictor.predict(**local, multimask=multimask)
         self.last_tile = tile
+        return self._on_plane(tile, result)
+
+    def _on_plane(self, tile: Tile, result: Candidates) -> Candidates:
+        """A tile's candidates with their masks placed on the whole plane."""
         masks = np.zeros((len(result),) + self.grid.shape, dtype=bool)
         masks[(slice(None),) + tile.slices()] = result.masks
         return Candidates(masks=masks, scores=result.scores, logits=result.logits)

@@ -16,7 +16,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -50,6 +50,14 @@ PREFETCH_RADIUS = 2  # neighbouring slices precomputed on each side
 CUSTOM_MODEL = "checkpoint file…"
 PREVIEW_COLOR = "yellow"
 NEW_ID, SELECTED_ID = "new label", "selected label"
+TEXT_TOOLTIP = (
+    "Name the kind of object and press Enter: alone it finds every object of that kind "
+    "(accepted as one label; add points for single objects), with points or a box it says which object is meant"
+)
+NO_TEXT_TOOLTIP = (
+    "Model {name!r} has no text path (official SAM, MobileSAM and micro-sam checkpoints have none): "
+    "choose the default model, or one fine-tuned with text"
+)
 
 
 @dataclass
@@ -135,7 +143,7 @@ class _LayerCombo(QComboBox):
 
 
 class AnnotateWidget(QWidget):
-    """Segment objects with point, box and mask prompts and commit them as labels.
+    """Segment objects with point, box, mask and text prompts and commit them as labels.
 
     Signals (for scripts and tests): ``model_loaded``, ``embedded`` (the tiles the current
     plane needs are embedded), ``predicted`` (candidates or an empty preview are shown),
@@ -314,16 +322,20 @@ class AnnotateWidget(QWidget):
         self.sign_button.setToolTip(f"Sign of the next point: positive (green) or negative (red)  [{KEYS['toggle_sign']}]")
         self.sign_button.clicked.connect(self.toggle_sign)
         self.text_edit = QLineEdit()
-        self.text_edit.setPlaceholderText("e.g. nucleus (models with a text path)")
-        self.text_edit.setToolTip("Name the kind of object: alone it finds all of them, with a point or box it disambiguates")
-        self.text_edit.editingFinished.connect(self._on_prompts_changed)
+        self.text_edit.setAccessibleName("Text prompt")
+        self.text_edit.setPlaceholderText("e.g. nucleus")
+        self.text_edit.setToolTip(TEXT_TOOLTIP)
+        self.text_edit.setClearButtonEnabled(True)
+        # On Enter (or leaving the field after a change), not on every keystroke: "nu" would be
+        # a prompt of its own, and a warning.
+        self.text_edit.editingFinished.connect(self._on_text_entered)
 
         prompt_box = QGroupBox("Prompts")
         form = QFormLayout()
         form.addRow("points", self.points_combo)
         form.addRow("boxes", self.boxes_combo)
         form.addRow("mask", self.mask_combo)
-        form.addRow("text", self.text_edit)
+        form.addRow("text prompt", self.text_edit)
         form.addRow(self.add_layers_button, self.sign_button)
         prompt_box.setLayout(form)
 
@@ -721,7 +733,7 @@ class AnnotateWidget(QWidget):
         self.predictor = Predictor(model)
         self._model_source = source
         self._make_store()
-        self.text_edit.setEnabled(bool(getattr(model, "supports_text", False)))
+        self._update_text_field()
         self._reset_result()
         name = source[0]
         self._set_status(f"Model {Path(str(name)).name} on {model.device}.")
@@ -729,6 +741,24 @@ class AnnotateWidget(QWidget):
         self._schedule_embedding()
         if self._wants_prediction:
             self._on_prompts_changed()
+
+    def _update_text_field(self) -> None:
+        """The text field is usable only with a model that has a text path."""
+        supported = self.model is None or bool(getattr(self.model, "supports_text", False))
+        self.text_edit.setEnabled(supported)
+        if supported:
+            self.text_edit.setToolTip(TEXT_TOOLTIP)
+            return
+        name = Path(str(self._model_source[0] if self._model_source else "")).name
+        self.text_edit.setToolTip(NO_TEXT_TOOLTIP.format(name=name))
+        if self.text_edit.text().strip():
+            show_warning(f"napari-sam: text prompt ignored: {NO_TEXT_TOOLTIP.format(name=name)}")
+
+    def _on_text_entered(self) -> None:
+        text = self.text_edit.text()
+        if text and not text.strip():
+            show_warning("napari-sam: empty text prompt ignored")
+        self._on_prompts_changed()
 
     # ------------------------------------------------------------------ embeddings
 
@@ -943,6 +973,7 @@ class AnnotateWidget(QWidget):
             and np.array_equal(labels[: len(previous.labels)], previous.labels)
             and np.array_equal(boxes, previous.boxes)
             and text == (previous.text or "")
+            and (len(previous.points) or len(previous.boxes))  # not every object of a kind
         ):
             # More points on the same object: refine from the shown candidate.
             mask_input, mask_label, refined = self._candidates[0].logits[self._choice], previous.mask_label, True
@@ -982,15 +1013,11 @@ class AnnotateWidget(QWidget):
         tiled = self._tiled
         if len(tiled.grid) == 1:
             return [tiled.grid.tiles[0]]
-        if spec.text:
-            raise ValueError(
-                "text prompts need the whole plane in one tile: untick 'tile large planes' "
-                f"(this plane is {tiled.grid.shape[0]}x{tiled.grid.shape[1]} pixels, tiles {tiled.tile_size})"
-            )
         points = spec.points if len(spec.points) else None
         if len(spec.boxes) > 1:
             return [tile for box in spec.boxes for tile in tiled.tiles_for(box=box)]
-        return tiled.tiles_for(points=points, box=spec.boxes[0] if len(spec.boxes) else None)
+        # Text alone needs every tile of the plane.
+        return tiled.tiles_for(points=points, box=spec.boxes[0] if len(spec.boxes) else None, text=spec.text)
 
     def _predict_now(self) -> None:
         try:
@@ -1031,7 +1058,7 @@ class AnnotateWidget(QWidget):
         self._start_predict_worker(spec)
 
     def _start_predict_worker(self, spec: _PromptSpec) -> None:
-        predictor, tiled, lock = self.predictor, self._tiled, self._predict_lock
+        tiled, lock = self._tiled, self._predict_lock
         generation = self._generation
         points = spec.points if len(spec.points) else None
         labels = spec.labels if len(spec.points) else None
@@ -1039,19 +1066,14 @@ class AnnotateWidget(QWidget):
 
         def predict():
             with lock:
-                whole = tiled.grid.tiles[0] if len(tiled.grid) == 1 else None
-                if len(spec.boxes) > 1 and whole is not None:  # one batch
-                    predictor.set_embedding(tiled.embedding(whole))
-                    candidates = predictor.predict_boxes(spec.boxes)
+                if len(spec.boxes) > 1 and spec.text:
+                    candidates = [tiled.predict(box=b, text=spec.text) for b in spec.boxes]
                 elif len(spec.boxes) > 1:
-                    candidates = [tiled.predict(box=b) for b in spec.boxes]
-                elif spec.text:
-                    predictor.set_embedding(tiled.embedding(whole))
-                    candidates = [predictor.predict(points, labels, box, spec.mask_input, text=spec.text)]
+                    candidates = tiled.predict_boxes(spec.boxes)  # batched per tile
                 else:
                     if spec.mask_tile is not None:
                         tiled.last_tile = spec.mask_tile  # the frame the mask prompt is in
-                    candidates = [tiled.predict(points, labels, box, spec.mask_input)]
+                    candidates = [tiled.predict(points, labels, box, spec.mask_input, text=spec.text)]
             return generation, spec, candidates
 
         worker = create_worker(
@@ -1059,6 +1081,9 @@ class AnnotateWidget(QWidget):
             _start_thread=False,
             _connect={"returned": self._guard(self._on_predict_returned), "errored": self._guard(self._on_predict_error)},
         )
+        # A worker catches its warnings (e.g. a text the model does not know) and emits them.
+        seen: set = set()  # text alone over tiles warns once per tile: tell the user once
+        worker.warned.connect(self._guard(lambda warning: self._on_predict_warning(warning, seen)))
         worker.finished.connect(self._guard(lambda: self._on_predict_finished(worker)))
         self._predict_worker = worker
         worker.start()
@@ -1081,6 +1106,14 @@ class AnnotateWidget(QWidget):
         if self._commit_pending:
             self._commit_pending = False
             self._commit_now()
+
+    def _on_predict_warning(self, warning, seen: set) -> None:
+        """``warning``: the arguments of ``warnings.showwarning`` (message first)."""
+        message = f"napari-sam: {warning[0]}"
+        if message not in seen:
+            seen.add(message)
+            self._set_status(message)
+            show_warning(message)
 
     def _on_predict_error(self, error) -> None:
         self._wants_prediction = False
