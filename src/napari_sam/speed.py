@@ -26,7 +26,9 @@ encoder's linear layers on CPU, half precision on CUDA.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +45,14 @@ CHUNK_BYTES = 30 << 20
 _ONEDNN_LINEAR: bool | None = None  # None: not probed yet
 
 
-def chunk_length(total: int, bytes_per_item: int, budget: int = CHUNK_BYTES, multiple: int = 1) -> int:
-    """How many of ``total`` items (each ``bytes_per_item``) fit a chunk of ``budget`` bytes.
-
-    At least ``multiple`` (and a multiple of it), at most ``total``.
-    """
-    items = max(1, budget // max(1, bytes_per_item))
-    items = max(multiple, items - items % multiple)
-    return min(total, items)
+def chunk_length(total: int, bytes_per_item: int, budget: int | None = None) -> int:
+    """Items per chunk when ``total`` items of ``bytes_per_item`` each are cut into the
+    fewest chunks of at most ``budget`` bytes (default :data:`CHUNK_BYTES`; at least one
+    item per chunk), as even as possible."""
+    budget = CHUNK_BYTES if budget is None else budget
+    largest = max(1, budget // max(1, bytes_per_item))
+    chunks = -(-total // largest)
+    return max(1, -(-total // chunks))
 
 
 def _onednn_linear_available() -> bool:
@@ -160,16 +162,17 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def fast_mode(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    """A faster, approximate copy of a :class:`~napari_sam.model.Sam` for :class:`Predictor`.
+    """A faster, approximate copy of a :class:`~napari_sam.model.Sam`, for :class:`Predictor`.
 
     - CPU: the image encoder's ``nn.Linear`` layers become int8 dynamically quantised
-      layers (weights int8 per output channel, activations quantised per call); the
-      prompt encoder and mask decoder stay float32 (they run in milliseconds).
-    - CUDA: the whole model in float16, except that :class:`Predictor` still receives
-      float32 outputs (the decoder runs in half precision, logits are cast back).
+      layers (int8 weights per output channel, activations quantised per call, FBGEMM
+      kernels); where this torch has no such kernels, the encoder runs in bfloat16.
+    - CUDA: the image encoder runs in float16 (its input cast on entry, its embedding
+      cast back to float32 on exit).
 
-    The original model is left untouched. Agreement with exact mode is documented in
-    docs/benchmarks.md (top-mask IoU on real microscopy images).
+    The prompt encoder and mask decoder stay exact float32 (they take milliseconds), and
+    the original model is left untouched. Agreement with exact mode (top-mask IoU) and
+    speed are measured in docs/benchmarks.md.
 
     Parameters
     ----------
@@ -180,25 +183,67 @@ def fast_mode(model: nn.Module, device: torch.device | str | None = None) -> nn.
     Returns
     -------
     Sam
-        A new model in eval mode; ``model.config["fast_mode"]`` says what was done.
+        A new model in eval mode; ``config["fast_mode"]`` says what was done.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     fast = copy.deepcopy(model).to(device).eval()
     fast.config = dict(getattr(model, "config", {}))
     fast.metadata = dict(getattr(model, "metadata", {}))
     if device.type == "cuda":
-        fast.half()
-        fast.config["fast_mode"] = "float16"
-        return fast
-    engines = torch.backends.quantized.supported_engines
-    engine = "fbgemm" if "fbgemm" in engines else ("x86" if "x86" in engines else None)
-    if engine is None or device.type != "cpu":
-        logger.warning("fast_mode: no int8 engine for %s; returning an exact copy", device)
+        _run_in(fast.image_encoder, torch.float16)
+        fast.config["fast_mode"] = "float16 image encoder"
+    elif device.type == "cpu" and _quantize_linears(fast):
+        fast.config["fast_mode"] = f"int8 dynamic ({torch.backends.quantized.engine}) image encoder linears"
+    elif device.type == "cpu" and _bfloat16_supported():
+        _run_in(fast.image_encoder, torch.bfloat16)
+        fast.config["fast_mode"] = "bfloat16 image encoder"
+    else:
+        logger.warning("fast_mode: nothing faster for %s; the model is an exact copy", device)
         fast.config["fast_mode"] = "none"
-        return fast
-    torch.backends.quantized.engine = engine
-    fast.image_encoder = torch.ao.quantization.quantize_dynamic(
-        fast.image_encoder, {nn.Linear}, dtype=torch.qint8, inplace=False
-    )
-    fast.config["fast_mode"] = f"int8 dynamic ({engine}) encoder linears"
     return fast
+
+
+def _quantize_linears(sam: nn.Module) -> bool:
+    """Replace the image encoder's linear layers by int8 dynamic ones; False if unavailable."""
+    engines = torch.backends.quantized.supported_engines
+    engine = next((name for name in ("fbgemm", "x86", "onednn") if name in engines), None)
+    if engine is None:
+        return False
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated in favour of torchao, not yet removed.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            sam.image_encoder = quantize_dynamic(
+                sam.image_encoder, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+            )
+    except (ImportError, RuntimeError, AttributeError) as error:
+        logger.info("int8 dynamic quantisation unavailable: %s", error)
+        return False
+    return True
+
+
+def _bfloat16_supported() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def _run_in(module: nn.Module, dtype: torch.dtype) -> None:
+    """Convert ``module`` to ``dtype``, casting its input to it and its output back to float32."""
+    module.to(dtype)
+    module.register_forward_pre_hook(functools.partial(_cast_input, dtype=dtype))
+    module.register_forward_hook(_output_to_float32)
+
+
+def _cast_input(module: nn.Module, args: tuple, dtype: torch.dtype) -> tuple:
+    return (args[0].to(dtype), *args[1:])
+
+
+def _output_to_float32(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.float()

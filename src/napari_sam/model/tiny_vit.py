@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import chunk_length, gelu_, linear, mlp_, run_sequential
+from ..speed import chunk_length, gelu_, linear, linear_weights, mlp_, run_sequential
 from .common import LayerNorm2d
 
 
@@ -54,9 +54,20 @@ class ConvBN(nn.Module):
         """(B, in_chans, H, W) -> (B, out_chans, H', W')."""
         if not _inference(self):
             return self.bn(self.c(x))
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """Inference: one convolution with the batch norm folded in, then an exact GELU
+        (in place) when ``gelu``. A 1x1 convolution of a channels-last map runs as a
+        linear layer over its pixels, with the GELU fused (oneDNN, see ``speed.linear``)."""
         weight, bias = self.folded()
         conv = self.c
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        pointwise = conv.kernel_size == conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
+        if pointwise and x.is_contiguous(memory_format=torch.channels_last):
+            pixels = linear_weights(x.permute(0, 2, 3, 1), weight.flatten(1), bias, gelu=gelu)
+            return pixels.permute(0, 3, 1, 2)  # channels-last (B, C, H, W) view
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return gelu_(x) if gelu else x
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the one convolution equal to conv + batch norm (eval mode)."""
@@ -80,7 +91,7 @@ class PatchEmbed(nn.Module):
         """(B, in_chans, H, W) -> (B, embed_dim, H/4, W/4)."""
         if not _inference(self):
             return self.seq(x)
-        return self.seq[2](gelu_(self.seq[0](x)))
+        return self.seq[2].fused(self.seq[0].fused(x, gelu=True))
 
 
 class MBConv(nn.Module):
@@ -97,7 +108,7 @@ class MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
         if _inference(self):
-            y = self.conv3(gelu_(self.conv2(gelu_(self.conv1(x)))))
+            y = self.conv3.fused(self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True))
             return gelu_(y.add_(x))
         y = self.act(self.conv1(x))
         y = self.act(self.conv2(y))
@@ -120,7 +131,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, out_dim, ceil(H/stride), ceil(W/stride))."""
         if _inference(self):
-            return self.conv3(gelu_(self.conv2(gelu_(self.conv1(x)))))
+            return self.conv3.fused(self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True))
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         return self.conv3(x)
