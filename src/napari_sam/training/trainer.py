@@ -696,6 +696,9 @@ def _load_data(images: Any, labels: Any, config: TrainConfig, image_size: int):
         pairs = data_mod.find_pairs(images, labels)
         samples = data_mod.load_pairs(pairs)
         source = f"{len(pairs)} image files from {images}"
+    elif isinstance(images, (list, tuple)) and images and isinstance(images[0], Sample):
+        samples = list(images)  # ready-made samples, e.g. with object kinds for text prompts
+        source = "samples"
     elif images is not None and labels is not None:
         samples = data_mod.samples_from_arrays(images, labels)
         source = "arrays"
