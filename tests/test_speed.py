@@ -159,6 +159,15 @@ def test_tiny_vit_inference_path_matches_autograd_path(chunked, request):
     _assert_close(actual, expected)
 
 
+def test_tiny_vit_takes_any_memory_layout():
+    # image.permute(2, 0, 1)[None], as Predictor makes it: channels-last with an odd batch stride
+    model = _small_tiny_vit()
+    image = torch.rand(128, 128, 3) * 255
+    odd = image.permute(2, 0, 1)[None]
+    with torch.no_grad():
+        _assert_close(model(odd), model(odd.contiguous()))
+
+
 def test_tiny_vit_state_dict_names_survive_inference():
     model = _small_tiny_vit()
     keys = list(model.state_dict())
@@ -355,3 +364,26 @@ def test_cuda_fast_mode_runs_in_half_precision(small_sam):
     predictor = napari_sam.Predictor(fast)
     assert predictor.set_image(image).features.dtype == torch.float32
     assert predictor.predict(points=[centres[0]]).masks.shape == (3, 112, 112)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_encoder_decoder_and_upscaling_never_wait_for_the_host(small_sam):
+    sam = small_sam.cuda()
+    image = torch.rand(1, 3, 100, 112, device="cuda") * 255
+    coords, labels = torch.tensor([[[50.0, 40.0]]], device="cuda"), torch.tensor([[1]], device="cuda")
+
+    def run():
+        with torch.inference_mode():
+            low_res, scores = sam.decode(sam.encode(sam.preprocess(image)), coords, labels)
+            order = torch.argsort(scores[0], descending=True)
+            return transforms.upscale_logits(low_res[:, order], (100, 112), (300, 336), 112) > 0
+
+    run()  # lazy initialisation may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+

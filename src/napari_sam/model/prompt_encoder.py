@@ -38,8 +38,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_xy: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encode ``(B, N, 2)`` pixel ``(x, y)`` of an image of ``(h, w)`` pixels."""
-        scale = coords_xy.new_tensor([image_size[1], image_size[0]])
-        return self._encode(coords_xy.float() / scale)
+        coords_xy = coords_xy.float()
+        # Python scalars, not a new tensor: building one on a GPU would wait for the host.
+        normalised = torch.stack([coords_xy[..., 0] / image_size[1], coords_xy[..., 1] / image_size[0]], dim=-1)
+        return self._encode(normalised)
 
 
 class PromptEncoder(nn.Module):

@@ -27,6 +27,19 @@ from ..speed import chunk_length, gelu_, linear, linear_weights, mlp_, run_seque
 from .common import LayerNorm2d
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x (B, C, H, W)`` with standard channels-last strides, copied only if needed.
+
+    Convolutions choose their output layout from all strides, the batch stride of a
+    single image included: ``image.permute(2, 0, 1)[None]`` passes as channels-last
+    but makes NCHW outputs.
+    """
+    batch, chans, height, width = x.shape
+    if x.stride() == (chans * height * width, 1, width * chans, chans):
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
+
+
 def _inference(module: nn.Module) -> bool:
     """Whether the inference path applies: no autograd and batch norms frozen."""
     return not torch.is_grad_enabled() and not module.training
@@ -440,7 +453,7 @@ class TinyViT(nn.Module):
                 return torch.cat([self(image[None]) for image in x])
             # Channels-last convolutions are about twice as fast on a CPU, and the
             # attention stages' (B, H, W, C) views of them are contiguous.
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = _channels_last(x)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
