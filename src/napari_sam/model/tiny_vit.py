@@ -121,12 +121,32 @@ class MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""
         if _inference(self):
-            y = self.conv3.fused(self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True))
-            return gelu_(y.add_(x))
+            return self._forward_strips(x)
         y = self.act(self.conv1(x))
         y = self.act(self.conv2(y))
         # Unlike a transformer block, the activation comes after the residual sum.
         return self.act(x + self.conv3(y))
+
+    def _forward_strips(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: strips of rows, each with a one-row halo for the 3x3 conv, so that
+        the hidden maps (4x wider than ``x``: 67 MB at MobileSAM's first stage) stay
+        within the chunk budget."""
+        batch, _, height, width = x.shape
+        rows = chunk_length(height, batch * width * self.conv1.c.out_channels * x.element_size())
+        if rows == height:
+            y = self.conv3.fused(self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True))
+            return gelu_(y.add_(x))
+        out = torch.empty_like(x)
+        for start in range(0, height, rows):
+            stop = min(height, start + rows)
+            top, bottom = max(0, start - 1), min(height, stop + 1)
+            hidden = self.conv1.fused(x[:, :, top:bottom], gelu=True)
+            # Rows next to a cut saw zero padding instead of their neighbours: dropped.
+            hidden = gelu_(self.conv2.fused(hidden)[:, :, start - top : stop - top])
+            part = out[:, :, start:stop]
+            torch.add(self.conv3.fused(hidden), x[:, :, start:stop], out=part)
+            gelu_(part)  # unlike a transformer block, the activation follows the residual sum
+        return out
 
 
 class PatchMerging(nn.Module):
