@@ -64,6 +64,7 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RT
 def small_chunks(monkeypatch):
     """Budgets small enough that every chunked loop takes several turns."""
     monkeypatch.setattr(speed, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(speed, "DEVICE_CHUNK_BYTES", 4096)
     monkeypatch.setattr(vit, "MIN_QUERIES", 1)
 
 
@@ -329,9 +330,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("model_type", ["vit_t", "small"])
-def test_cuda_inference_path_matches_autograd_path(model_type, small_sam):
-    sam = small_sam if model_type == "small" else _randomise_(build_sam("vit_t"))
+@pytest.mark.parametrize("model_type", ["vit_t", "small", "small chunks"])
+def test_cuda_inference_path_matches_autograd_path(model_type, small_sam, request):
+    if model_type == "small chunks":
+        request.getfixturevalue("small_chunks")
+    sam = _randomise_(build_sam("vit_t")) if model_type == "vit_t" else small_sam
     sam = sam.cuda()
     size = sam.image_size
     images = torch.randn(1, 3, size, size, device="cuda", generator=torch.Generator("cuda").manual_seed(7))

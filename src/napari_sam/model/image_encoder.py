@@ -147,7 +147,7 @@ class Attention(nn.Module):
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
         row_bytes = batch * heads * width * tokens * q.element_size()
-        rows = max(chunk_length(height, row_bytes), min(height, -(-MIN_QUERIES // width)))
+        rows = max(chunk_length(height, row_bytes, device=q.device), min(height, -(-MIN_QUERIES // width)))
         bias = q.new_empty(batch, heads, rows, width, height, width)
         out = None if rows == height else q.new_empty(batch, heads, tokens, channels)
         for row in range(0, height, rows):
@@ -278,7 +278,7 @@ class Block(nn.Module):
         grid_w = padded_w // window
         pad_value = linear(attn.qkv, normed.new_zeros(1, dim))[0]
         row_bytes = batch * window * padded_w * 3 * dim * normed.element_size()
-        band = window * chunk_length(padded_h // window, row_bytes)
+        band = window * chunk_length(padded_h // window, row_bytes, device=normed.device)
         out = normed.new_empty(batch, padded_h, padded_w, dim)
         tables = attn.rel_pos_tables(window, window) if attn.use_rel_pos else None
         for row in range(0, padded_h, band):

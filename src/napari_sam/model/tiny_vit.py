@@ -132,7 +132,7 @@ class MBConv(nn.Module):
         the hidden maps (4x wider than ``x``: 67 MB at MobileSAM's first stage) stay
         within the chunk budget."""
         batch, _, height, width = x.shape
-        rows = chunk_length(height, batch * width * self.conv1.c.out_channels * x.element_size())
+        rows = chunk_length(height, batch * width * self.conv1.c.out_channels * x.element_size(), device=x.device)
         if rows == height:
             y = self.conv3.fused(self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True))
             return gelu_(y.add_(x))
@@ -324,7 +324,7 @@ class TinyViTBlock(nn.Module):
         pad_value = linear(attn.qkv, attn.norm(x.new_zeros(1, chans)))[0]
         bias = attn.attention_biases[:, attn.attention_bias_idxs].to(x.dtype)[None]  # (1, heads, N, N)
         row_bytes = batch * window * padded_w * 3 * chans * x.element_size()
-        band = window * chunk_length(padded_h // window, row_bytes)
+        band = window * chunk_length(padded_h // window, row_bytes, device=x.device)
         out = x.new_empty(batch, padded_h, padded_w, chans)
         for row in range(0, padded_h, band):
             rows = min(padded_h - row, band)  # padded rows in this band
