@@ -94,18 +94,50 @@ def upscale_logits(
     # and the next one, s = low / image; one more keeps the border clamp out of the crop.
     rows = min(low_h, math.ceil(input_size[0] * low_h / image_size) + 2)
     cols = min(low_w, math.ceil(input_size[1] * low_w / image_size) + 2)
-    # One channel per image: torch's CPU kernel takes a faster path (no layout copies).
     shape = low_res.shape[:-2]
-    logits = F.interpolate(
-        low_res[..., :rows, :cols].reshape(-1, 1, rows, cols),
-        scale_factor=(image_size / low_h, image_size / low_w),
-        mode="bilinear",
-        align_corners=False,
-    )
+    crop = low_res[..., :rows, :cols].reshape(-1, rows, cols)
+    if image_size % low_h == 0 and image_size % low_w == 0 and not crop.requires_grad:
+        logits = _upsample_by_integers(crop, image_size // low_h, image_size // low_w)[:, None]
+    else:  # one channel per image: torch's CPU kernel takes a faster path (no layout copies)
+        logits = F.interpolate(
+            crop[:, None], scale_factor=(image_size / low_h, image_size / low_w), mode="bilinear", align_corners=False
+        )
     logits = logits[..., : input_size[0], : input_size[1]]
     if tuple(input_size) != tuple(original_size):
         logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
     return logits.view(*shape, *logits.shape[-2:])
+
+
+def _upsample_by_integers(x: torch.Tensor, factor_h: int, factor_w: int) -> torch.Tensor:
+    """``(N, h, w) -> (N, factor_h * h, factor_w * w)``: bilinear, ``align_corners=False``.
+
+    What ``F.interpolate`` computes, up to rounding, about twice as fast on a CPU: with an
+    integer factor, output pixel ``factor * i + r`` lies a fixed fraction of the way from
+    input pixel ``i + floor(offset_r)`` to the next, so each axis is ``factor``
+    interpolations between shifted copies. Clamping at the border equals padding by
+    replication.
+    """
+    count, height, width = x.shape
+    padded = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    rows = x.new_empty(count, factor_h * height, width + 2)
+    out = x.new_empty(count, factor_h * height, factor_w * width)
+    for phase in range(factor_h):
+        start, weight = _phase(phase, factor_h)
+        below, above = padded[:, start : start + height], padded[:, start + 1 : start + 1 + height]
+        torch.lerp(below, above, weight, out=rows[:, phase::factor_h])
+    for phase in range(factor_w):
+        start, weight = _phase(phase, factor_w)
+        left, right = rows[:, :, start : start + width], rows[:, :, start + 1 : start + 1 + width]
+        torch.lerp(left, right, weight, out=out[:, :, phase::factor_w])
+    return out
+
+
+def _phase(phase: int, factor: int) -> tuple[int, float]:
+    """Where output pixel ``factor * i + phase`` reads the padded input: from index
+    ``i + start`` towards the next by ``weight`` (half-pixel centres, as align_corners=False)."""
+    source = (phase + 0.5) / factor - 0.5  # relative to input pixel i
+    below = math.floor(source)
+    return below + 1, source - below  # + 1 for the replicated border row
 
 
 # The mask prompt passes a conv and a per-pixel LayerNorm, so its scale barely matters;

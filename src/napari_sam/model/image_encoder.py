@@ -130,22 +130,17 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Inference core: ``q, k, v (B, heads, H*W, C)`` (any strides) -> ``(B, heads, H*W, C)``.
 
-        ``tables`` are :meth:`rel_pos_tables` for ``(height, width)``, when the caller
-        attends over several batches of windows.
-
         Queries attend in chunks of grid rows, each with its slice of the relative
         position bias (the whole bias of a global block is ``heads * tokens²`` floats:
         805 MB for vit_b). A chunk holds at least ``MIN_QUERIES`` queries: CPU flash
         attention re-reads all keys and values per call and slows down below that.
+        ``tables`` are :meth:`rel_pos_tables` for ``(height, width)``, for callers that
+        attend over several batches of windows.
         """
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         batch, heads, tokens, channels = q.shape
-        # Per-query terms of the bias for every query, (B, heads, H, W, kH) and (..., kW).
-        table_h, table_w = tables if tables is not None else self.rel_pos_tables(height, width)
-        q_grid = q.reshape(batch, heads, height, width, channels)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+        rel_h, rel_w = self._rel_pos_terms(q, *(tables or self.rel_pos_tables(height, width)), width)
         row_bytes = batch * heads * width * tokens * q.element_size()
         rows = max(chunk_length(height, row_bytes, device=q.device), min(height, -(-MIN_QUERIES // width)))
         bias = q.new_empty(batch, heads, rows, width, height, width)
@@ -171,18 +166,25 @@ class Attention(nn.Module):
         )
 
     @staticmethod
-    def _rel_pos_bias(q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, width: int) -> torch.Tensor:
-        """Additive bias ``(B, heads, R*W, kH*kW)`` for queries on ``R`` whole grid rows.
+    def _rel_pos_terms(
+        q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-query bias terms ``(B, heads, H, W, kH)`` and ``(B, heads, H, W, kW)``.
 
-        ``q (B, heads, R*W, C)`` are unscaled (as in SAM); ``table_h (R, kH, C)`` holds the
-        rows of those queries, ``table_w (W, kW, C)`` every column.
+        ``q (B, heads, H*W, C)`` are unscaled (as in SAM); ``table_h (H, kH, C)``,
+        ``table_w (W, kW, C)``. The bias of query (h, w) and key (i, j) is
+        ``rel_h[..., h, w, i] + rel_w[..., h, w, j]``.
         """
         batch, heads, queries, channels = q.shape
         q_grid = q.reshape(batch, heads, queries // width, width, channels)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
-        bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, R, W, kH, kW)
-        return bias.reshape(batch, heads, queries, table_h.shape[1] * table_w.shape[1])
+        return torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h), torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+
+    @classmethod
+    def _rel_pos_bias(cls, q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, width: int) -> torch.Tensor:
+        """The whole additive bias ``(B, heads, HW, kH*kW)`` (see :meth:`_rel_pos_terms`)."""
+        rel_h, rel_w = cls._rel_pos_terms(q, table_h, table_w, width)
+        bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, H, W, kH, kW)
+        return bias.reshape(*q.shape[:3], table_h.shape[1] * table_w.shape[1])
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
