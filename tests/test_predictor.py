@@ -227,9 +227,12 @@ sizes = st.integers(min_value=1, max_value=4000)
 def test_resized_shape_keeps_the_longest_side_at_target(height, width, target):
     new_h, new_w = transforms.resized_shape((height, width), target)
     assert max(new_h, new_w) == target
-    assert 0 <= new_h <= target and 0 <= new_w <= target
-    # Aspect ratio within rounding.
-    assert abs(new_h / target - height / max(height, width)) <= 0.5 / target + 1e-9
+    assert 1 <= new_h <= target and 1 <= new_w <= target
+    # Each side within rounding of the exact scaled size, floored at one pixel (a
+    # 1 x 257 plane keeps a 1-pixel row instead of the reference's empty one).
+    scale = target / max(height, width)
+    assert abs(new_h - max(1.0, height * scale)) <= 0.5 + 1e-9
+    assert abs(new_w - max(1.0, width * scale)) <= 0.5 + 1e-9
 
 
 @settings(max_examples=200)
