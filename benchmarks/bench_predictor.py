@@ -11,7 +11,7 @@ machine load hit both alike. Reports medians and the ratio reference / ours.
 - click to masks: one positive point, three candidates at image resolution, with the
   embedding cached: ``SamPredictor.predict`` vs ``Predictor.predict``;
 - ``--fast``: the same for ``speed.fast_mode(model)``, plus the agreement of its top mask
-  with exact mode's (IoU) on the BBBC007 images in ``--eval-dir`` (a point at each
+  with exact mode's (IoU) on real nuclei images in ``--eval-dir`` (BBBC007, CTC HeLa, a cells3d plane) (a point at each
   labelled object's centre). With random weights the masks mean nothing as
   segmentations; the agreement only measures how far fast mode moves the output.
 
@@ -41,7 +41,12 @@ import reference  # noqa: E402  (installs the stand-ins, builds perturbed refere
 import napari_sam  # noqa: E402
 from napari_sam.model import build_sam  # noqa: E402
 
-EVAL_IMAGES = ("A9_p5d", "A9_p7d", "17P1_POS0006_D_1UL", "20P1_POS0005_D_1UL")
+# (file stem under --eval-dir, plane of a 3D stack or None): fluorescence nuclei from
+# three sources (see ../shared/eval/README.md).
+EVAL_IMAGES = (
+    ("bbbc007/A9_p5d", None), ("bbbc007/A9_p7d", None), ("bbbc007/17P1_POS0006_D_1UL", None),
+    ("bbbc007/20P1_POS0005_D_1UL", None), ("ctc_hela/ctc_hela_t19", None), ("cells3d_nbsd/nuclei3d", 30),
+)
 
 
 def _image(size: int, seed: int = 0) -> np.ndarray:
@@ -138,9 +143,11 @@ def fast_mode_agreement(model_type: str, eval_dir: Path, device: torch.device) -
     exact_model = exact_model.to(device)
     exact, fast = napari_sam.Predictor(exact_model), napari_sam.Predictor(fast_mode(exact_model))
     ious = []
-    for name in EVAL_IMAGES:
-        image = tifffile.imread(eval_dir / "bbbc007" / f"{name}_image.tif")
-        labels = tifffile.imread(eval_dir / "bbbc007" / f"{name}_labels.tif")
+    for name, plane in EVAL_IMAGES:
+        image = tifffile.imread(eval_dir / f"{name}_image.tif")
+        labels = tifffile.imread(eval_dir / f"{name}_labels.tif")
+        if plane is not None:
+            image, labels = image[plane], labels[plane]
         exact.set_image(image)
         fast.set_image(image)
         for label in range(1, int(labels.max()) + 1):
@@ -154,7 +161,7 @@ def fast_mode_agreement(model_type: str, eval_dir: Path, device: torch.device) -
             ious.append(1.0 if union == 0 else float((a & b).sum() / union))
     ious = np.array(ious)
     return {
-        "model": model_type, "images": [f"bbbc007/{n}" for n in EVAL_IMAGES], "objects": len(ious),
+        "model": model_type, "images": [n if z is None else f"{n}[z={z}]" for n, z in EVAL_IMAGES], "objects": len(ious),
         "mean_iou": float(ious.mean()), "median_iou": float(np.median(ious)),
         "p05_iou": float(np.percentile(ious, 5)), "min_iou": float(ious.min()),
         "fraction_iou_at_least_0.98": float((ious >= 0.98).mean()),
@@ -179,7 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clicks", type=int, default=21)
     parser.add_argument("--fast", action="store_true", help="also time napari-sam's fast mode and its agreement")
-    parser.add_argument("--eval-dir", type=Path, default=Path("/work/shared/eval"),
+    parser.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval",
                         help="folder with bbbc007/*_image.tif and *_labels.tif for the fast-mode agreement")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")

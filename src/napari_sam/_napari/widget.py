@@ -239,8 +239,14 @@ class AnnotateWidget(QWidget):
         for name, spec in MODELS.items():
             self.model_combo.addItem(name)
             self.model_combo.setItemData(self.model_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole)
+        from .registry import finetuned_models
+
+        for label, path in finetuned_models().items():
+            self._add_finetuned(label, path)
         self.model_combo.addItem(CUSTOM_MODEL)
-        self.model_combo.setToolTip("A named model (downloaded on first use) or a checkpoint file, e.g. a fine-tuned one")
+        self.model_combo.setToolTip(
+            "A named model (downloaded on first use), a model fine-tuned in this session, or a checkpoint file"
+        )
         self.model_path = QLineEdit()
         self.model_path.setPlaceholderText("path to a .pt / .pth checkpoint")
         browse = QPushButton("…")
@@ -396,6 +402,8 @@ class AnnotateWidget(QWidget):
         self.channel_axis_combo.currentIndexChanged.connect(self._on_channel_axis_changed)
         self.channel_spin.valueChanged.connect(self._on_plane_changed)
         self.model_combo.currentIndexChanged.connect(self._on_model_choice_changed)
+        finetuned_models().added.connect(self._add_finetuned)
+        finetuned_models().use_requested.connect(self._use_finetuned)
         self.model_path.editingFinished.connect(self._on_model_choice_changed)
         self.device_combo.currentIndexChanged.connect(self._on_model_choice_changed)
         self.memory_spin.valueChanged.connect(self._on_memory_changed)
@@ -647,9 +655,30 @@ class AnnotateWidget(QWidget):
             self._on_prompts_changed()  # prompts on the new plane, if any
         self._embed_timer.start()
 
+    def _add_finetuned(self, label: str, path: str) -> None:
+        """List a model fine-tuned in this session (above the checkpoint-file entry)."""
+        if self.model_combo.findData(path, Qt.ItemDataRole.UserRole) >= 0:
+            return
+        custom = self.model_combo.findText(CUSTOM_MODEL)
+        index = custom if custom >= 0 else self.model_combo.count()
+        self.model_combo.insertItem(index, label, path)
+        self.model_combo.setItemData(index, path, Qt.ItemDataRole.ToolTipRole)
+
+    def _use_finetuned(self, path: str) -> None:
+        """Switch to a fine-tuned model (the Fine-tune widget's "use in Annotate")."""
+        index = self.model_combo.findData(path, Qt.ItemDataRole.UserRole)
+        if index < 0:
+            return
+        self.model_combo.setCurrentIndex(index)  # reloads if another model is loaded
+        if self.model is None and self._model_worker is None:
+            self._start_model_worker()
+
     def _model_choice(self) -> tuple[str, str]:
         name = self.model_combo.currentText()
-        if name == CUSTOM_MODEL:
+        path = self.model_combo.currentData(Qt.ItemDataRole.UserRole)
+        if path:
+            name = path
+        elif name == CUSTOM_MODEL:
             name = self.model_path.text().strip()
         return name, self.device_combo.currentText()
 

@@ -56,9 +56,10 @@ TRAINING_IMAGES = 600
 WARMUP_IMAGES = 10
 WARMUP_EPOCHS = 40
 IMAGE_SHAPE = (128, 128)
+MIXED_FRACTION = 0.25  # share of stage-2 images with two object kinds (or only cells)
 
 
-def training_images(count: int = TRAINING_IMAGES, seed: int = 0):
+def training_images(count: int = TRAINING_IMAGES, seed: int = 0, mixed_fraction: float = MIXED_FRACTION):
     """The fixed procedural training set: mostly fluorescence nuclei (8 and 16 bit), a
     quarter mixing two object kinds (so text prompts have something to tell apart).
 
@@ -74,7 +75,7 @@ def training_images(count: int = TRAINING_IMAGES, seed: int = 0):
     mixes = [("nucleus", "elongated cell"), ("nucleus", "small spot"), ("cell", "elongated cell"), ("cell",)]
     images, labels, classes = [], [], []
     for index in range(count):
-        kinds = ("nucleus",) if rng.random() < 0.75 else mixes[int(rng.integers(len(mixes)))]
+        kinds = ("nucleus",) if rng.random() < 1 - mixed_fraction else mixes[int(rng.integers(len(mixes)))]
         dtype = np.uint16 if rng.random() < 0.3 else np.uint8
         sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, seed=[seed, index])
         images.append(sample.image)
@@ -97,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible and fastest here)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_TRAINING["epochs"], help="stage-2 epochs")
+    parser.add_argument("--text-probability", type=float, default=DEFAULT_TRAINING["text_probability"])
+    parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
+                        help="share of stage-2 images with several object kinds")
+    parser.add_argument("--architecture", type=json.loads, default={},
+                        help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
+    architecture = {**DEFAULT_ARCHITECTURE, **args.architecture}
+    stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     # The encoder and decoder start from the weights of the text-less model built under
     # seed 0, so adding the text path does not change their initialisation.
     torch.manual_seed(0)
-    plain = build_sam({**DEFAULT_ARCHITECTURE, "text_dim": 0})
+    plain = build_sam({**architecture, "text_dim": 0})
     torch.manual_seed(0)
-    sam = build_sam(DEFAULT_ARCHITECTURE)
+    sam = build_sam(architecture)
     sam.load_state_dict(plain.state_dict(), strict=False)
 
     def log(event: dict) -> None:
@@ -127,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
              on_progress=log, cancel=stop_file.exists)
 
     # Stage 2: the mixed set with object kinds: points and boxes, a corrective round, text.
-    images, labels, classes = training_images()
+    images, labels, classes = training_images(mixed_fraction=args.mixed_fraction)
     samples = [
         Sample(to_rgb_uint8(image), np.asarray(label, np.int64), f"procedural[{i}]", kinds)
         for i, (image, label, kinds) in enumerate(zip(images, labels, classes))
     ]
-    result = finetune(samples, base=sam, out=args.out, config=TrainConfig(**DEFAULT_TRAINING), on_progress=log,
+    result = finetune(samples, base=sam, out=args.out, config=TrainConfig(**stage2), on_progress=log,
                       cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
     metadata.update(
