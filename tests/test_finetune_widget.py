@@ -51,7 +51,7 @@ def widget(make_napari_viewer, qtbot, stack, tmp_path):
 
 def test_trains_on_layers_in_a_background_worker_with_live_progress(widget, qtbot, tmp_path):
     viewer, w = widget
-    assert w.image_combo.layer.name == "nuclei" and w.labels_combo.layer.name == "nuclei labels"
+    assert w.image_combo.layer().name == "nuclei" and w.labels_combo.layer().name == "nuclei labels"
     with qtbot.waitSignal(w.trained, timeout=TIMEOUT) as signal:
         w.start()
         # start() returns at once: the training runs in a worker while Qt keeps going.

@@ -299,7 +299,7 @@ class FinetuneWidget(QWidget):
             if labels and not Path(labels).is_dir():
                 raise ValueError(f"labels folder not found: {labels!r}")
             return images, labels or None, f"folder {images}"
-        image_layer, labels_layer = self.image_combo.layer, self.labels_combo.layer
+        image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
         if image_layer is None or labels_layer is None:
             raise ValueError("choose an Image layer and a Labels layer")
         image, labels = image_layer.data, labels_layer.data
@@ -375,9 +375,9 @@ class FinetuneWidget(QWidget):
             return finetune(data, data_labels, base=base, out=out, on_progress=relay.event.emit,
                             cancel=cancel, **options)
 
-        worker = create_worker(train, _start_thread=False)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
+        worker = create_worker(
+            train, _start_thread=False, _connect={"returned": self._on_returned, "errored": self._on_error}
+        )
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
