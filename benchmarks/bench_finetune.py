@@ -1,7 +1,8 @@
 """Decoder-only fine-tune on BBBC007: seconds per epoch and validation-IoU gain over the base.
 
 Trains on the A9 and 17P1 images, validates on the 20P1 images (held out by plate), from
-the bundled default model, on this CPU, with at most ``--minutes`` of training.
+the bundled default model, on this CPU, with at most ``--minutes`` of training. Images are
+cut into crops of the model's input size (native resolution, as tiled inference sees them).
 
     python benchmarks/bench_finetune.py --base default --minutes 10 --out docs/finetune_bbbc007.json
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import tifffile
+import torch
 
 from napari_sam import load_model
 from napari_sam.training import TrainConfig
@@ -26,12 +28,30 @@ from napari_sam.training.trainer import Trainer
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval")) / "bbbc007"
 
 
-def load(prefixes: tuple[str, ...]):
+def load(prefixes: tuple[str, ...], tile: int):
+    """Images and labels of the plates ``prefixes``, cut into ``tile``-pixel crops (0: whole).
+
+    Crops at the model's input size train and validate the model as it is used on larger
+    planes (tiles at native resolution, see napari_sam.tiling); whole images would be
+    shrunk to the input. Crops step by ``tile`` and the last one is flush with the edge.
+    """
     images, labels = [], []
     for path in sorted(EVAL.glob("*_image.tif")):
-        if path.name.startswith(prefixes):
-            images.append(tifffile.imread(path))
-            labels.append(tifffile.imread(path.with_name(path.name.replace("_image", "_labels"))))
+        if not path.name.startswith(prefixes):
+            continue
+        image = tifffile.imread(path)
+        label = tifffile.imread(path.with_name(path.name.replace("_image", "_labels")))
+        if not tile:
+            images.append(image)
+            labels.append(label)
+            continue
+        height, width = label.shape
+        rows = sorted({min(r, height - tile) for r in range(0, height, tile)})
+        cols = sorted({min(c, width - tile) for c in range(0, width, tile)})
+        for r in rows:
+            for c in cols:
+                images.append(image[r : r + tile, c : c + tile])
+                labels.append(label[r : r + tile, c : c + tile])
     return images, labels
 
 
@@ -41,13 +61,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--minutes", type=float, default=10.0, help="stop (keeping the best model) after this")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--tile", type=int, default=None,
+                        help="crop size in pixels (default: the model's input size; 0: whole images, resized)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    train_images, train_labels = load(("A9", "17P1"))
-    val_images, val_labels = load(("20P1",))
+    tile = load_model(args.base, device="cpu").image_size if args.tile is None else args.tile
+    train_images, train_labels = load(("A9", "17P1"), tile)
+    val_images, val_labels = load(("20P1",), tile)
     val_samples = samples_from_arrays(val_images, val_labels)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=16, rounds=11,
-                         lr=1e-4, val_max_objects=100)
+                         lr=args.lr, val_max_objects=100)
 
     base = load_model(args.base, device="cpu")
     before = Trainer(base, config, SampleSet(val_samples, base.image_size), val_samples).validate()
@@ -71,10 +98,14 @@ def main() -> None:
     result = run.fit()
     timer.cancel()
     best = result.best
+    if best is None:
+        sys.exit(f"no epoch finished within {args.minutes} minutes: nothing to compare")
     seconds_per_epoch = epochs[-1]["seconds"] / len(epochs) if epochs else float("nan")
     report = {
         "command": " ".join(["python"] + sys.argv),
-        "train": "A9 + 17P1 plates (9 images)", "validation": "20P1 plate (5 images)",
+        "train": f"A9 + 17P1 plates (9 images, {len(train_images)} crops)",
+        "validation": f"20P1 plate (5 images, {len(val_images)} crops)", "tile": tile,
+        "threads": torch.get_num_threads(),
         "config": {"train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
                    "lr": config.lr},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),

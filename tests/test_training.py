@@ -196,6 +196,26 @@ def test_training_step_runs_the_11_round_interaction(box_first):
         assert call["mask"].shape == (len(step.object_ids), 1, 32, 32) and not call["mask"].requires_grad
 
 
+def test_text_only_rounds_keep_a_gradient_where_dice_alone_has_none():
+    """A text path that says "nothing" with saturated logits: dice's gradient vanishes,
+    the focal term's does not; text-only rounds therefore get their own focal weight."""
+    from napari_sam.training.losses import LossWeights
+
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1
+    gradients = {}
+    for focal in (0.0, 20.0):
+        logits = torch.full((1, 1, 16, 16), -60.0, requires_grad=True)
+        sam_loss(logits, torch.zeros(1, 1), target, LossWeights(focal=focal)).total.backward()
+        gradients[focal] = float(logits.grad.abs().max())
+    assert gradients[0.0] < 1e-12 < 1e-4 < gradients[20.0]
+
+    trainer, _ = _recording_trainer(TrainConfig(focal_weight=0.0, text_focal_weight=20.0))
+    assert (trainer.weights.focal, trainer.text_weights.focal) == (0.0, 20.0)
+    trainer, _ = _recording_trainer(TrainConfig(focal_weight=3.0))
+    assert trainer.text_weights.focal == 3.0
+
+
 # --- data ------------------------------------------------------------------------------
 
 

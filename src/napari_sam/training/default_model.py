@@ -100,13 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible and fastest here)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_TRAINING["epochs"], help="stage-2 epochs")
     parser.add_argument("--text-probability", type=float, default=DEFAULT_TRAINING["text_probability"])
+    parser.add_argument("--focal-weight", type=float, default=DEFAULT_TRAINING["focal_weight"],
+                        help="stage-2 focal weight (dice weight 1)")
+    parser.add_argument("--text-focal-weight", type=float, default=DEFAULT_TRAINING.get("text_focal_weight"),
+                        help="focal weight of the text-only rounds (default: --focal-weight)")
     parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
                         help="share of stage-2 images with several object kinds")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
     architecture = {**DEFAULT_ARCHITECTURE, **args.architecture}
-    stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability}
+    stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability,
+              "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,10 @@ class TrainConfig:
         points / boxes in every round, and each kind in the image (plus one absent kind,
         whose target is empty) is segmented from text alone in two rounds, the second
         refining the first's mask.
+    text_focal_weight : float or None
+        Focal weight of the text-only rounds (default: ``focal_weight``). Dice alone lets a
+        text path that answers "nothing" everywhere drive its logits so negative that the
+        sigmoid saturates and no gradient is left; the focal term keeps one.
     """
 
     train: str = "decoder"
@@ -142,6 +146,7 @@ class TrainConfig:
     synthetic_steps_per_epoch: int = 50
     synthetic_val_images: int = 4
     text_probability: float = 0.0
+    text_focal_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -335,6 +340,8 @@ class Trainer:
             )
         self.augmentation = config.augmentation()
         self.weights = config.loss_weights()
+        text_focal = config.focal_weight if config.text_focal_weight is None else config.text_focal_weight
+        self.text_weights = dataclasses.replace(self.weights, focal=text_focal)
         self.state_path = Path(state_path) if state_path is not None else None
         self.on_progress = on_progress
         self.cancel = cancel
@@ -556,7 +563,7 @@ class Trainer:
         mask_input, losses = None, []
         for _ in range(2):
             logits, iou = self.sam.decode(embedding, mask_inputs=mask_input, multimask=False, text_embeddings=text)
-            loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.weights)
+            loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.text_weights)
             (loss.total / 2).backward()
             mask_input = logits.detach()
             losses.append(float(loss.total.detach()))
