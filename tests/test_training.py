@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 from napari_sam.model import build_sam
 from napari_sam.training import data as data_mod
-from napari_sam.training.data import Augmentation, SampleSet, find_pairs, load_pairs, samples_from_arrays
+from napari_sam.training.data import Augmentation, Sample, SampleSet, find_pairs, load_pairs, samples_from_arrays
 from napari_sam.training.lora import LoRALinear, apply_lora, configure_trainable, merge_lora
 from napari_sam.training.losses import dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
 from napari_sam.training.simulation import make_schedule, sample_correction_points
@@ -259,6 +259,40 @@ def test_arrays_from_napari_layers_give_one_sample_per_plane():
     assert samples_from_arrays(rgb, labels)[0].image.shape == (64, 64, 3)
     with pytest.raises(ValueError, match="does not match"):
         samples_from_arrays(image, labels[:32])
+
+
+def test_large_planes_are_cut_into_native_resolution_crops():
+    labels = np.zeros((300, 200), np.int64)
+    labels[10:40, 10:40] = 1
+    labels[250:290, 150:190] = 2
+    labels[120:140, 90:110] = 3
+    image = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    big = Sample(image, labels, "big")
+    small = Sample(image[:100, :100], labels[:100, :100], "small")
+    crops = data_mod.tile_samples([big, small], 128)
+    assert crops[-1] is small
+    crops = crops[:-1]
+    assert all(c.labels.shape == (128, 128) and c.image.shape == (128, 128, 3) for c in crops)
+    # Every labelled pixel is in some crop, at native resolution (crops are plain slices).
+    covered = np.zeros(labels.shape, bool)
+    for crop in crops:
+        r, c = (int(v) for v in crop.name[len("big["):].replace("]", "").replace(":", ",").split(",")[::2])
+        np.testing.assert_array_equal(crop.labels, labels[r : r + 128, c : c + 128])
+        np.testing.assert_array_equal(crop.image, image[r : r + 128, c : c + 128])
+        assert crop.labels.any()  # crops without labels are dropped
+        covered[r : r + 128, c : c + 128] = True
+    assert covered[labels > 0].all()
+
+
+def test_finetune_on_a_large_plane_trains_on_crops(tmp_path):
+    image, labels = disc_image(0, size=160, count=6)
+    config = TrainConfig(epochs=1, rounds=1, objects_per_step=2, val_max_objects=2)
+    result = finetune(image, labels, base=tiny_sam(), out=tmp_path / "m.pt", config=config)
+    from napari_sam.models import load_model
+
+    assert "crops of 64 px" in load_model(tmp_path / "m.pt", device="cpu").metadata["data"]
+    shrunk = finetune(image, labels, base=tiny_sam(), config=config, tile_large_planes=False)
+    assert result.total_steps > shrunk.total_steps  # crops overlap: more objects per epoch
 
 
 def test_split_is_never_empty_and_splits_one_image_by_object():

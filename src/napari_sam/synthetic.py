@@ -717,7 +717,7 @@ def _style(modality, rng, overrides):
     style = {
         "max_overlap": float(rng.choice([0.0, rng.uniform(0.0, 0.35)])),
         "clustering": float(rng.uniform(0.0, 0.8)),
-        "edge": float(rng.uniform(0.08, 0.4)),
+        "edge": float(rng.uniform(0.03, 0.18)),
         "dome": float(rng.uniform(-0.1, 0.5)),
         "level_sd": float(rng.uniform(0.08, 0.3)),
         "dim_fraction": float(rng.uniform(0.0, 0.15)),

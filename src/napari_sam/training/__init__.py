@@ -4,7 +4,16 @@
 widget); see ``docs/training.md``.
 """
 
-from .data import Augmentation, Sample, SampleSet, SyntheticSet, find_pairs, load_pairs, samples_from_arrays
+from .data import (
+    Augmentation,
+    Sample,
+    SampleSet,
+    SyntheticSet,
+    find_pairs,
+    load_pairs,
+    samples_from_arrays,
+    tile_samples,
+)
 from .lora import TRAIN_MODES, LoRALinear, apply_lora, merge_lora
 from .losses import LossWeights, dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
 from .trainer import TrainConfig, Trainer, TrainResult, finetune, load_train_state, state_path_for
@@ -33,4 +42,5 @@ __all__ = [
     "sam_loss",
     "samples_from_arrays",
     "state_path_for",
+    "tile_samples",
 ]

@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--lora-rank", type=int, help="LoRA rank for --train lora (default: 4)")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: best available)")
+    parser.add_argument("--no-tile", dest="tile_large_planes", action="store_false", default=None,
+                        help="shrink planes larger than the model input to it instead of cutting them into "
+                             "input-sized crops at native resolution (the default, as tiled inference)")
     parser.add_argument("--resume", action="store_true", help="continue from the training state beside --out")
     parser.set_defaults(func=run)
     return parser
@@ -47,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
-             "lora_rank": "lora_rank", "seed": "seed", "device": "device"}
+             "lora_rank": "lora_rank", "seed": "seed", "device": "device", "tile_large_planes": "tile_large_planes"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 

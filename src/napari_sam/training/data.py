@@ -258,6 +258,37 @@ def split_samples(
     return train, val, f"one image split by object: {ids.size - n_val} train / {n_val} validation objects"
 
 
+def _tile_starts(length: int, size: int, overlap: float) -> list[int]:
+    if length <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    return sorted({*range(0, length - size, step), length - size})
+
+
+def tile_samples(samples: Sequence[Sample], size: int, overlap: float = 0.25) -> list[Sample]:
+    """Cut planes larger than the model input into ``size``-pixel crops at native resolution.
+
+    Inference embeds such planes the same way (``napari_sam.tiling``: tiles of the input
+    size, not the plane shrunk), so training on crops shows the model objects at the scale
+    it will meet them. Crops overlap by ``overlap`` of their side, the last one is flush
+    with the edge, crops without labels are dropped; an object cut by a crop border is
+    the part of it inside the crop. Planes that fit pass unchanged.
+    """
+    tiled: list[Sample] = []
+    for sample in samples:
+        height, width = sample.labels.shape
+        if max(height, width) <= size:
+            tiled.append(sample)
+            continue
+        for r in _tile_starts(height, size, overlap):
+            for c in _tile_starts(width, size, overlap):
+                labels = sample.labels[r : r + size, c : c + size]
+                if labels.any():
+                    name = f"{sample.name}[{r}:{r + labels.shape[0]},{c}:{c + labels.shape[1]}]"
+                    tiled.append(Sample(sample.image[r : r + size, c : c + size], labels, name, sample.classes))
+    return tiled
+
+
 # --- model-input frame -----------------------------------------------------------------
 
 

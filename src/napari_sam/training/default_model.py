@@ -57,11 +57,19 @@ WARMUP_IMAGES = 10
 WARMUP_EPOCHS = 40
 IMAGE_SHAPE = (128, 128)
 MIXED_FRACTION = 0.25  # share of stage-2 images with two object kinds (or only cells)
+SIZE_VARIETY = 0.0  # share of stage-2 images with nuclei of 10-56 px instead of 12-26 px
 
 
-def training_images(count: int = TRAINING_IMAGES, seed: int = 0, mixed_fraction: float = MIXED_FRACTION):
+def training_images(
+    count: int = TRAINING_IMAGES, seed: int = 0, mixed_fraction: float = MIXED_FRACTION,
+    size_variety: float = SIZE_VARIETY,
+):
     """The fixed procedural training set: mostly fluorescence nuclei (8 and 16 bit), a
     quarter mixing two object kinds (so text prompts have something to tell apart).
+
+    A share ``size_variety`` of the images draws its nucleus size from 10 to 56 px
+    (log-uniform) instead of the default 12 to 26 px, so that large nuclei (a quarter or
+    more of the 128-pixel input) are seen too.
 
     A fixed set seen several times teaches a model from random weights far sooner than a
     stream of ever-new images (a stream of ``random_training_image`` did not leave the
@@ -77,7 +85,12 @@ def training_images(count: int = TRAINING_IMAGES, seed: int = 0, mixed_fraction:
     for index in range(count):
         kinds = ("nucleus",) if rng.random() < 1 - mixed_fraction else mixes[int(rng.integers(len(mixes)))]
         dtype = np.uint16 if rng.random() < 0.3 else np.uint8
-        sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, seed=[seed, index])
+        size_range = None
+        if size_variety and rng.random() < size_variety:
+            centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
+            size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
+        sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, size_range=size_range,
+                          seed=[seed, index])
         images.append(sample.image)
         labels.append(sample.labels)
         classes.append({int(k): str(v) for k, v in sample.classes.items()})
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible and fastest here)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_TRAINING["epochs"], help="stage-2 epochs")
     parser.add_argument("--text-probability", type=float, default=DEFAULT_TRAINING["text_probability"])
+    parser.add_argument("--size-variety", type=float, default=SIZE_VARIETY,
+                        help="share of stage-2 images with nuclei of 10-56 px")
     parser.add_argument("--focal-weight", type=float, default=DEFAULT_TRAINING["focal_weight"],
                         help="stage-2 focal weight (dice weight 1)")
     parser.add_argument("--text-focal-weight", type=float, default=DEFAULT_TRAINING.get("text_focal_weight"),
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
              on_progress=log, cancel=stop_file.exists)
 
     # Stage 2: the mixed set with object kinds: points and boxes, a corrective round, text.
-    images, labels, classes = training_images(mixed_fraction=args.mixed_fraction)
+    images, labels, classes = training_images(mixed_fraction=args.mixed_fraction, size_variety=args.size_variety)
     samples = [
         Sample(to_rgb_uint8(image), np.asarray(label, np.int64), f"procedural[{i}]", kinds)
         for i, (image, label, kinds) in enumerate(zip(images, labels, classes))

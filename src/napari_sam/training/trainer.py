@@ -102,6 +102,10 @@ class TrainConfig:
         points / boxes in every round, and each kind in the image (plus one absent kind,
         whose target is empty) is segmented from text alone in two rounds, the second
         refining the first's mask.
+    tile_large_planes : bool
+        Planes larger than the model input are cut into input-sized crops at native
+        resolution (:func:`.data.tile_samples`), as tiled inference sees them, after the
+        train / validation split; off: every plane is shrunk to the input, as SAM does.
     text_focal_weight : float or None
         Focal weight of the text-only rounds (default: ``focal_weight``). Dice alone lets a
         text path that answers "nothing" everywhere drive its logits so negative that the
@@ -147,6 +151,7 @@ class TrainConfig:
     synthetic_val_images: int = 4
     text_probability: float = 0.0
     text_focal_weight: float | None = None
+    tile_large_planes: bool = True
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -713,6 +718,11 @@ def _load_data(images: Any, labels: Any, config: TrainConfig, image_size: int):
         raise ValueError("images must be a folder, 'synthetic', or arrays with matching labels")
     rng = np.random.default_rng([config.seed, 3])
     train, val, split = data_mod.split_samples(samples, config.val_fraction, rng)
+    if config.tile_large_planes:
+        planes = len(train) + len(val)
+        train, val = data_mod.tile_samples(train, image_size), data_mod.tile_samples(val, image_size)
+        if len(train) + len(val) != planes:
+            split += f"; cut into {len(train)} / {len(val)} crops of {image_size} px"
     train_set = SampleSet(train, image_size, config.min_object_pixels)
     if train_set.object_count() == 0:
         raise ValueError(f"no training object has at least {config.min_object_pixels} pixels at the model's input size")
