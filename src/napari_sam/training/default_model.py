@@ -46,9 +46,9 @@ STAGE1_TRAINING = {
     "val_max_objects": 20, "seed": 0,
 }
 DEFAULT_TRAINING = {
-    "train": "all", "epochs": 1, "lr": 5e-4, "weight_decay": 0.05, "warmup_max_steps": 20, "schedule": "cosine",
-    "objects_per_step": 8, "rounds": 2, "box_probability": 0.5, "text_probability": 0.3,
-    "focal_weight": 0.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
+    "train": "all", "epochs": 8, "lr": 5e-4, "weight_decay": 0.05, "warmup_max_steps": 20, "schedule": "cosine",
+    "objects_per_step": 8, "rounds": 2, "box_probability": 0.5, "text_probability": 0.5,
+    "focal_weight": 0.0, "text_focal_weight": 20.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
     "checkpoint_every": 200, "seed": 0,
 }
 STAGE1_IMAGES = 300
@@ -56,8 +56,8 @@ TRAINING_IMAGES = 600
 WARMUP_IMAGES = 10
 WARMUP_EPOCHS = 40
 IMAGE_SHAPE = (128, 128)
-MIXED_FRACTION = 0.25  # share of stage-2 images with two object kinds (or only cells)
-SIZE_VARIETY = 0.0  # share of stage-2 images with nuclei of 10-56 px instead of 12-26 px
+MIXED_FRACTION = 0.4  # share of stage-2 images with two object kinds (or only cells)
+SIZE_VARIETY = 0.3  # share of stage-2 images with nuclei of 10-56 px instead of 12-26 px
 
 
 def training_images(
@@ -65,7 +65,7 @@ def training_images(
     size_variety: float = SIZE_VARIETY,
 ):
     """The fixed procedural training set: mostly fluorescence nuclei (8 and 16 bit), a
-    quarter mixing two object kinds (so text prompts have something to tell apart).
+    share ``mixed_fraction`` mixing two object kinds (so text prompts have something to tell apart).
 
     A share ``size_variety`` of the images draws its nucleus size from 10 to 56 px
     (log-uniform) instead of the default 12 to 26 px, so that large nuclei (a quarter or
