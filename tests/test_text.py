@@ -49,10 +49,10 @@ def test_sentence_embeddings_are_normalised_and_offline():
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # a synonym is closer than another kind
 
 
-# The default model's text path is trained for only a few hundred text steps; it does not
-# yet find objects from text (measured IoU 0.0). These pin the targets and fail
-# loudly (strict) once a better-trained model reaches them.
-UNDERTRAINED = pytest.mark.xfail(strict=True, reason="default model's text path is undertrained (IoU 0)")
+# Text alone does not reach the 0.7 yet: the bundled model answers "nucleus" with
+# IoU 0.44 and "elongated cell" with 0.33 on this image (synonyms the same). These pin the
+# targets and fail loudly (strict) once a better-trained model reaches them.
+UNDERTRAINED = pytest.mark.xfail(strict=True, reason="text alone: IoU 0.44 / 0.33, below the 0.7 target")
 
 
 @UNDERTRAINED
@@ -74,7 +74,6 @@ def test_held_out_synonyms_work_nearly_as_well(default_predictor, two_kinds, kin
     assert other >= exact - 0.15 and other >= 0.55
 
 
-@UNDERTRAINED
 def test_text_and_a_point_pick_the_object_under_the_point(default_predictor, two_kinds):
     default_predictor.set_plane(two_kinds.image)
     from scipy import ndimage
@@ -85,7 +84,7 @@ def test_text_and_a_point_pick_the_object_under_the_point(default_predictor, two
         distance = ndimage.distance_transform_edt(mask)
         point = np.unravel_index(np.argmax(distance), mask.shape)
         scores.append(iou(default_predictor.predict(points=[point], text=kind).best, mask))
-    assert np.mean(scores) >= 0.7
+    assert np.mean(scores) >= 0.7  # measured 0.72
 
 
 def test_unknown_text_warns_and_still_answers(default_predictor, two_kinds):

@@ -48,7 +48,7 @@ STAGE1_TRAINING = {
 DEFAULT_TRAINING = {
     "train": "all", "epochs": 8, "lr": 5e-4, "weight_decay": 0.05, "warmup_max_steps": 20, "schedule": "cosine",
     "objects_per_step": 8, "rounds": 2, "box_probability": 0.5, "text_probability": 0.5,
-    "focal_weight": 0.0, "text_focal_weight": 20.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
+    "focal_weight": 0.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
     "checkpoint_every": 200, "seed": 0,
 }
 STAGE1_IMAGES = 300
