@@ -87,14 +87,18 @@ def main(argv=None) -> int:
     points.add(np.array([rows.min() - 6.0, centre[1]]))
     wait(widget, app)
     viewer.layers.selection.active = points
+    save(viewer, app, args.out)
+    return 0
+
+
+def save(viewer, app, out: Path) -> None:
+    """Fit the view, write the whole window to ``out`` and close the viewer."""
     viewer.reset_view()
     app.processEvents()
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(args.out), canvas_only=False)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out), canvas_only=False)
+    print(f"wrote {out}")
     viewer.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def main(argv=None) -> int:
 
     import napari
     from qtpy.QtWidgets import QApplication
+    from screenshot import save  # scripts/screenshot.py, beside this file
 
     viewer = napari.Viewer(show=True, title="napari-sam")
     width, height = (int(v) for v in args.size.split("x"))
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     widget.labels_combo.set_layer(truth)
     widget.base_combo.setCurrentText("default")
     widget.epochs_spin.setValue(args.epochs)
-    widget.lr_spin.setValue(3e-4)
+    widget.lr_spin.setValue(1e-4)
     widget.device_combo.setCurrentText("cpu")
     with tempfile.TemporaryDirectory() as folder:
         widget.out_path.setText(str(Path(folder) / "nuclei-finetuned.pt"))
@@ -56,12 +57,7 @@ def main(argv=None) -> int:
         if widget.model_path is None:
             print(f"training failed: {widget.status_label.text()}", file=sys.stderr)
             return 1
-        viewer.reset_view()
-        app.processEvents()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(args.out), canvas_only=False)
-    print(f"wrote {args.out}")
-    viewer.close()
+        save(viewer, app, args.out)
     return 0
 
 

@@ -24,8 +24,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -37,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .widget import CUSTOM_MODEL, _LayerCombo
+from .widget import CUSTOM_MODEL, _LayerCombo, add_named_models, device_choices, form_group
 
 LAYERS, FOLDERS = "napari layers", "folders"
 TRAIN_CHOICES = {
@@ -152,8 +150,6 @@ class FinetuneWidget(QWidget):
     # ------------------------------------------------------------------ UI
 
     def _build_ui(self) -> None:
-        from ..models import MODELS
-
         self.source_combo = QComboBox()
         self.source_combo.addItems([LAYERS, FOLDERS])
         self.source_combo.setToolTip("Train on layers open in napari, or on folders of image + label files")
@@ -165,9 +161,7 @@ class FinetuneWidget(QWidget):
         self.labels_dir = self._folder_row("labels folder (same file names, or *_labels / *_masks)")
 
         self.base_combo = QComboBox()
-        for name, spec in MODELS.items():
-            self.base_combo.addItem(name)
-            self.base_combo.setItemData(self.base_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole)
+        add_named_models(self.base_combo)
         self.base_combo.addItem(CUSTOM_MODEL)
         self.base_combo.setToolTip("The model to start from: a named model or a checkpoint (e.g. an earlier fine-tune)")
         self.base_path = self._file_row("path to a .pt / .pth checkpoint", save=False)
@@ -196,37 +190,23 @@ class FinetuneWidget(QWidget):
         self.val_spin.setValue(0.2)
         self.val_spin.setToolTip("Share of the images (one image: of its objects) held out for validation")
 
-        import torch
-
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            self.device_combo.addItem("mps")
+        self.device_combo.addItems(device_choices())
         self.out_path = self._file_row("where the fine-tuned model is saved (.pt)", save=True)
         self.out_path.edit.setText(str(_unused_path(Path.home() / "napari-sam-models" / "finetuned.pt")))
 
-        data_box = QGroupBox("Training data")
-        form = QFormLayout()
-        form.addRow("source", self.source_combo)
         self._image_label, self._labels_label = QLabel("image"), QLabel("labels")
-        form.addRow(self._image_label, self.image_combo)
-        form.addRow(self._labels_label, self.labels_combo)
         self._images_dir_label, self._labels_dir_label = QLabel("images"), QLabel("labels")
-        form.addRow(self._images_dir_label, self.images_dir)
-        form.addRow(self._labels_dir_label, self.labels_dir)
-        data_box.setLayout(form)
-        model_box = QGroupBox("Model and training")
-        form = QFormLayout()
-        form.addRow("base model", self.base_combo)
-        form.addRow("", self.base_path)
-        form.addRow("train", self.train_combo)
-        form.addRow("epochs", self.epochs_spin)
-        form.addRow("learning rate", self.lr_spin)
-        form.addRow("validation", self.val_spin)
-        form.addRow("device", self.device_combo)
-        form.addRow("save as", self.out_path)
-        model_box.setLayout(form)
+        data_box = form_group("Training data", [
+            ("source", self.source_combo), (self._image_label, self.image_combo),
+            (self._labels_label, self.labels_combo), (self._images_dir_label, self.images_dir),
+            (self._labels_dir_label, self.labels_dir),
+        ])
+        model_box = form_group("Model and training", [
+            ("base model", self.base_combo), ("", self.base_path), ("train", self.train_combo),
+            ("epochs", self.epochs_spin), ("learning rate", self.lr_spin), ("validation", self.val_spin),
+            ("device", self.device_combo), ("save as", self.out_path),
+        ])
 
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.start)

@@ -60,6 +60,37 @@ NO_TEXT_TOOLTIP = (
 )
 
 
+def add_named_models(combo: QComboBox) -> None:
+    """Add the named models (``models.MODELS``) to ``combo``, their descriptions as tooltips."""
+    from ..models import MODELS
+
+    for name, spec in MODELS.items():
+        combo.addItem(name)
+        combo.setItemData(combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole)
+
+
+def form_group(title: str, rows: list[tuple]) -> QGroupBox:
+    """A titled group of form rows: ``(label, field)`` pairs, or ``(widget_or_layout,)``
+    for a row that spans both columns."""
+    form = QFormLayout()
+    for row in rows:
+        form.addRow(*row)
+    box = QGroupBox(title)
+    box.setLayout(form)
+    return box
+
+
+def device_choices() -> list[str]:
+    """"auto", "cpu", then every CUDA device and "mps" where present."""
+    import torch
+
+    devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 @dataclass
 class _EmbedJob:
     key: tuple
@@ -233,12 +264,8 @@ class AnnotateWidget(QWidget):
         self._channel_row.setLayout(channel_row)
         channel_row.setContentsMargins(0, 0, 0, 0)
 
-        from ..models import MODELS
-
         self.model_combo = QComboBox()
-        for name, spec in MODELS.items():
-            self.model_combo.addItem(name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole)
+        add_named_models(self.model_combo)
         from .registry import finetuned_models
 
         for label, path in finetuned_models().items():
@@ -263,12 +290,7 @@ class AnnotateWidget(QWidget):
         import torch
 
         self.device_combo = QComboBox()
-        devices = ["auto", "cpu"]
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            devices.append("mps")
-        self.device_combo.addItems(devices)
+        self.device_combo.addItems(device_choices())
         self.device_combo.setToolTip("Where the model runs; 'auto' picks a GPU when there is one")
         self.load_button = QPushButton("Load model")
         self.load_button.setToolTip("Load the model now (it is also loaded on the first prompt)")
@@ -297,20 +319,13 @@ class AnnotateWidget(QWidget):
         )
         self.tile_check.setChecked(True)
 
-        model_box = QGroupBox("Image and model")
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
         self._channel_label = QLabel("channel axis")
-        form.addRow(self._channel_label, self._channel_row)
-        form.addRow("model", self.model_combo)
-        form.addRow("", self._path_row)
-        form.addRow("device", self.device_combo)
-        form.addRow("cache", self.memory_spin)
-        form.addRow("", self.cache_dir_edit)
-        form.addRow("", self.prefetch_check)
-        form.addRow("", self.tile_check)
-        form.addRow("", self.load_button)
-        model_box.setLayout(form)
+        model_box = form_group("Image and model", [
+            ("image", self.image_combo), (self._channel_label, self._channel_row),
+            ("model", self.model_combo), ("", self._path_row), ("device", self.device_combo),
+            ("cache", self.memory_spin), ("", self.cache_dir_edit), ("", self.prefetch_check),
+            ("", self.tile_check), ("", self.load_button),
+        ])
 
         self.points_combo = _LayerCombo(self.viewer, Points, none_text="(none)")
         self.points_combo.setToolTip("Positive (green) and negative (red) points")
@@ -336,14 +351,10 @@ class AnnotateWidget(QWidget):
         # a prompt of its own, and a warning.
         self.text_edit.editingFinished.connect(self._on_text_entered)
 
-        prompt_box = QGroupBox("Prompts")
-        form = QFormLayout()
-        form.addRow("points", self.points_combo)
-        form.addRow("boxes", self.boxes_combo)
-        form.addRow("mask", self.mask_combo)
-        form.addRow("text prompt", self.text_edit)
-        form.addRow(self.add_layers_button, self.sign_button)
-        prompt_box.setLayout(form)
+        prompt_box = form_group("Prompts", [
+            ("points", self.points_combo), ("boxes", self.boxes_combo), ("mask", self.mask_combo),
+            ("text prompt", self.text_edit), (self.add_layers_button, self.sign_button),
+        ])
 
         self.labels_combo = _LayerCombo(self.viewer, Labels, none_text="(new layer)", exclude=is_preview)
         self.labels_combo.setToolTip("The labels layer objects are written into")
@@ -369,14 +380,10 @@ class AnnotateWidget(QWidget):
         for button in (self.next_button, self.accept_button, self.clear_button):
             buttons.addWidget(button)
 
-        result_box = QGroupBox("Result")
-        form = QFormLayout()
-        form.addRow("labels", self.labels_combo)
-        form.addRow("label id", self.id_combo)
-        form.addRow("", self.overwrite_check)
-        form.addRow(self.candidate_list)
-        form.addRow(buttons)
-        result_box.setLayout(form)
+        result_box = form_group("Result", [
+            ("labels", self.labels_combo), ("label id", self.id_combo), ("", self.overwrite_check),
+            (self.candidate_list,), (buttons,),
+        ])
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
