@@ -2,7 +2,8 @@
 
 Both implementations get the same perturbed random weights (no checkpoint needed) and the
 same uint8 image; runs alternate (reference, ours, reference, ours, ...) so drifts in
-machine load hit both alike. Reports medians and the ratio reference / ours.
+machine load hit both alike. Reports medians and the ratio reference / ours. Every
+(model, mode) pair is measured in a fresh process.
 
     python benchmarks/bench_predictor.py --models vit_t vit_b --repeats 5 --clicks 21 --fast \\
         --out docs/benchmarks_predictor.json
@@ -191,10 +192,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--variant", choices=["exact", "fast", "agreement"],
+                        help="run one measurement of one model in this process (what each child runs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.variant:
+        run_variant(args, device)
+        return
 
     results = {
         "machine": _machine(device),
@@ -205,9 +211,20 @@ def main() -> None:
         "results": [],
         "fast_mode_agreement": [],
     }
+    # Each measurement runs in a fresh process: the allocator's state after one model's
+    # runs (heap size, cached pages) otherwise shifts the next model's figures by up to 30 %.
+    variants = ["exact", "fast"] if args.fast else ["exact"]
     for model_type in args.models:
-        for fast in [False, True] if args.fast else [False]:
-            row = bench_model(model_type, args.size, args.repeats, args.clicks, fast, device)
+        for variant in variants + (["agreement"] if args.fast and (args.eval_dir / "bbbc007").is_dir() else []):
+            row = _child(model_type, variant, sys.argv[1:])
+            if variant == "agreement":
+                results["fast_mode_agreement"].append(row)
+                print(
+                    f"{model_type} fast vs exact top-mask IoU over {row['objects']} objects: mean "
+                    f"{row['mean_iou']:.4f}, 5th percentile {row['p05_iou']:.4f}, min {row['min_iou']:.4f}",
+                    flush=True,
+                )
+                continue
             results["results"].append(row)
             enc, click = row["encoder"], row["click_to_masks"]
             print(
@@ -217,16 +234,36 @@ def main() -> None:
                 f"pairs x{click['speedup_median_of_pairs']:.2f})",
                 flush=True,
             )
-        if args.fast and (args.eval_dir / "bbbc007").is_dir():
-            agreement = fast_mode_agreement(model_type, args.eval_dir, device)
-            results["fast_mode_agreement"].append(agreement)
-            print(
-                f"{model_type} fast vs exact top-mask IoU over {agreement['objects']} objects: mean "
-                f"{agreement['mean_iou']:.4f}, 5th percentile {agreement['p05_iou']:.4f}, min {agreement['min_iou']:.4f}",
-                flush=True,
-            )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _child(model_type: str, variant: str, argv: list[str]) -> dict:
+    """Run one measurement in a fresh Python process; returns its JSON result."""
+    import tempfile
+
+    keep = []
+    skip = False
+    for arg in argv:  # the parent's options minus --models / --out / --fast
+        if skip and not arg.startswith("--"):
+            continue
+        skip = arg in ("--models", "--out")
+        if not skip and arg != "--fast":
+            keep.append(arg)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        subprocess.run([sys.executable, __file__, *keep, "--models", model_type, "--variant", variant,
+                        "--out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def run_variant(args: argparse.Namespace, device: torch.device) -> None:
+    (model_type,) = args.models
+    if args.variant == "agreement":
+        row = fast_mode_agreement(model_type, args.eval_dir, device)
+    else:
+        row = bench_model(model_type, args.size, args.repeats, args.clicks, args.variant == "fast", device)
+    args.out.write_text(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
