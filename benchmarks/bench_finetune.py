@@ -22,37 +22,27 @@ import torch
 
 from napari_sam import load_model
 from napari_sam.training import TrainConfig
-from napari_sam.training.data import SampleSet, samples_from_arrays
+from napari_sam.training.data import SampleSet, samples_from_arrays, tile_samples
 from napari_sam.training.trainer import Trainer
 
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval")) / "bbbc007"
 
 
-def load(prefixes: tuple[str, ...], tile: int):
-    """Images and labels of the plates ``prefixes``, cut into ``tile``-pixel crops (0: whole).
+def load(prefixes: tuple[str, ...], tile: int) -> list:
+    """Samples of the plates ``prefixes``, cut into ``tile``-pixel crops (0: whole images).
 
     Crops at the model's input size train and validate the model as it is used on larger
     planes (tiles at native resolution, see napari_sam.tiling); whole images would be
-    shrunk to the input. Crops step by ``tile`` and the last one is flush with the edge.
+    shrunk to the input. Crops step by ``tile`` (no overlap), the last one flush with the
+    edge, crops without labels dropped (``tile_samples``).
     """
     images, labels = [], []
     for path in sorted(EVAL.glob("*_image.tif")):
-        if not path.name.startswith(prefixes):
-            continue
-        image = tifffile.imread(path)
-        label = tifffile.imread(path.with_name(path.name.replace("_image", "_labels")))
-        if not tile:
-            images.append(image)
-            labels.append(label)
-            continue
-        height, width = label.shape
-        rows = sorted({min(r, height - tile) for r in range(0, height, tile)})
-        cols = sorted({min(c, width - tile) for c in range(0, width, tile)})
-        for r in rows:
-            for c in cols:
-                images.append(image[r : r + tile, c : c + tile])
-                labels.append(label[r : r + tile, c : c + tile])
-    return images, labels
+        if path.name.startswith(prefixes):
+            images.append(tifffile.imread(path))
+            labels.append(tifffile.imread(path.with_name(path.name.replace("_image", "_labels"))))
+    samples = samples_from_arrays(images, labels)
+    return tile_samples(samples, tile, overlap=0.0) if tile else samples
 
 
 def main() -> None:
@@ -69,14 +59,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    tile = load_model(args.base, device="cpu").image_size if args.tile is None else args.tile
-    train_images, train_labels = load(("A9", "17P1"), tile)
-    val_images, val_labels = load(("20P1",), tile)
-    val_samples = samples_from_arrays(val_images, val_labels)
+    base = load_model(args.base, device="cpu")
+    tile = base.image_size if args.tile is None else args.tile
+    train_samples = load(("A9", "17P1"), tile)
+    val_samples = load(("20P1",), tile)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=16, rounds=11,
                          lr=args.lr, val_max_objects=100)
 
-    base = load_model(args.base, device="cpu")
     before = Trainer(base, config, SampleSet(val_samples, base.image_size), val_samples).validate()
     print(f"base: point mIoU {before['point_miou']:.3f}, box mIoU {before['box_miou']:.3f}", flush=True)
 
@@ -93,7 +82,7 @@ def main() -> None:
 
     # Validation uses the held-out plate: finetune's own split would take images from the
     # training plates, so the trainer is given the held-out samples directly.
-    train_set = SampleSet(samples_from_arrays(train_images, train_labels), base.image_size)
+    train_set = SampleSet(train_samples, base.image_size)
     run = Trainer(load_model(args.base, device="cpu"), config, train_set, val_samples, on_progress=log, cancel=stop)
     result = run.fit()
     timer.cancel()
@@ -103,8 +92,8 @@ def main() -> None:
     seconds_per_epoch = epochs[-1]["seconds"] / len(epochs) if epochs else float("nan")
     report = {
         "command": " ".join(["python"] + sys.argv),
-        "train": f"A9 + 17P1 plates (9 images, {len(train_images)} crops)",
-        "validation": f"20P1 plate (5 images, {len(val_images)} crops)", "tile": tile,
+        "train": f"A9 + 17P1 plates (9 images, {len(train_samples)} crops)",
+        "validation": f"20P1 plate (5 images, {len(val_samples)} crops)", "tile": tile,
         "threads": torch.get_num_threads(),
         "config": {"train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
                    "lr": config.lr},

@@ -216,7 +216,7 @@ def main() -> None:
     variants = ["exact", "fast"] if args.fast else ["exact"]
     for model_type in args.models:
         for variant in variants + (["agreement"] if args.fast and (args.eval_dir / "bbbc007").is_dir() else []):
-            row = _child(model_type, variant, sys.argv[1:])
+            row = _child(model_type, variant, args)
             if variant == "agreement":
                 results["fast_mode_agreement"].append(row)
                 print(
@@ -238,21 +238,17 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _child(model_type: str, variant: str, argv: list[str]) -> dict:
+def _child(model_type: str, variant: str, args: argparse.Namespace) -> dict:
     """Run one measurement in a fresh Python process; returns its JSON result."""
     import tempfile
 
-    keep = []
-    skip = False
-    for arg in argv:  # the parent's options minus --models / --out / --fast
-        if skip and not arg.startswith("--"):
-            continue
-        skip = arg in ("--models", "--out")
-        if not skip and arg != "--fast":
-            keep.append(arg)
+    options = ["--size", str(args.size), "--repeats", str(args.repeats), "--clicks", str(args.clicks),
+               "--eval-dir", str(args.eval_dir), "--device", args.device]
+    if args.threads:
+        options += ["--threads", str(args.threads)]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        subprocess.run([sys.executable, __file__, *keep, "--models", model_type, "--variant", variant,
+        subprocess.run([sys.executable, __file__, *options, "--models", model_type, "--variant", variant,
                         "--out", str(out)], check=True)
         return json.loads(out.read_text())
 

@@ -193,7 +193,7 @@ class FinetuneWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(device_choices())
         self.out_path = self._file_row("where the fine-tuned model is saved (.pt)", save=True)
-        self.out_path.edit.setText(str(_unused_path(Path.home() / "napari-sam-models" / "finetuned.pt")))
+        self.out_path.setText(str(_unused_path(Path.home() / "napari-sam-models" / "finetuned.pt")))
 
         self._image_label, self._labels_label = QLabel("image"), QLabel("labels")
         self._images_dir_label, self._labels_dir_label = QLabel("images"), QLabel("labels")
@@ -241,8 +241,7 @@ class FinetuneWidget(QWidget):
         self._on_source_changed()
 
     def _folder_row(self, placeholder: str) -> QWidget:
-        row = _PathRow(placeholder, lambda: QFileDialog.getExistingDirectory(self, placeholder))
-        return row
+        return _PathRow(placeholder, lambda: QFileDialog.getExistingDirectory(self, placeholder))
 
     def _file_row(self, placeholder: str, save: bool) -> QWidget:
         if save:
@@ -426,7 +425,7 @@ class FinetuneWidget(QWidget):
         self.progress_bar.setVisible(False)
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.out_path.edit.setText(str(_unused_path(Path(self.out_path.text()).expanduser())))
+        self.out_path.setText(str(_unused_path(Path(self.out_path.text()).expanduser())))
 
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)

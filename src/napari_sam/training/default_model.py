@@ -55,8 +55,6 @@ DEFAULT_TRAINING = {
 }
 STAGE1_IMAGES = 300
 TRAINING_IMAGES = 600
-WARMUP_IMAGES = 10
-WARMUP_EPOCHS = 40
 IMAGE_SHAPE = (128, 128)
 MIXED_FRACTION = 0.4  # share of stage-2 images with two object kinds (or only cells)
 SIZE_VARIETY = 0.3  # share of stage-2 images with nuclei of 10-56 px instead of 12-26 px
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of stage-2 images with nuclei of 10-56 px")
     parser.add_argument("--focal-weight", type=float, default=DEFAULT_TRAINING["focal_weight"],
                         help="stage-2 focal weight (dice weight 1)")
-    parser.add_argument("--text-focal-weight", type=float, default=DEFAULT_TRAINING.get("text_focal_weight"),
+    parser.add_argument("--text-focal-weight", type=float, default=None,
                         help="focal weight of the text-only rounds (default: --focal-weight)")
     parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
                         help="share of stage-2 images with several object kinds")
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_file.unlink(missing_ok=True)
 
     # Stage 1: boxes on fluorescence nuclei until the decoder has learnt to localise.
-    nuclei = [generate((128, 128), modality="fluorescence", kinds=("nucleus",), seed=i) for i in range(STAGE1_IMAGES)]
+    nuclei = [generate(IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=i) for i in range(STAGE1_IMAGES)]
     finetune([n.image for n in nuclei], [n.labels for n in nuclei], base=sam, config=TrainConfig(**STAGE1_TRAINING),
              on_progress=log, cancel=stop_file.exists)
 
