@@ -211,6 +211,55 @@ def test_decoder_inference_path_matches_autograd_path(small_sam, multimask):
             _assert_close(a, e.detach())
 
 
+def test_first_layer_image_work_is_reused_across_prompts_and_matches_autograd_path(small_sam):
+    generator = torch.Generator().manual_seed(6)
+    embeddings = torch.randn(1, 32, 14, 14, generator=generator)
+    decoder = small_sam.mask_decoder
+    prompts = [
+        {"point_coords": torch.rand(1, 1, 2, generator=generator) * 112, "point_labels": torch.tensor([[1]])},
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [0.0, 0.0, 111.0, 111.0]])},
+        {"point_coords": torch.rand(2, 2, 2, generator=generator) * 112, "point_labels": torch.tensor([[1, 0], [0, 1]])},
+    ]
+    with torch.inference_mode():
+        small_sam.decode(embeddings, **prompts[0])  # the first decode only notes the embedding
+        assert decoder.__dict__["_first_layer_memo"]["image"] is None
+    for kwargs in prompts:
+        with torch.enable_grad():
+            expected = small_sam.decode(embeddings, **kwargs)
+        with torch.inference_mode():
+            actual = small_sam.decode(embeddings, **kwargs)
+        memo = decoder.__dict__["_first_layer_memo"]["image"]
+        assert memo is not None
+        for a, e in zip(actual, expected):
+            _assert_close(a, e.detach())
+    with torch.inference_mode():
+        small_sam.decode(embeddings, **prompts[1])
+    assert decoder.__dict__["_first_layer_memo"]["image"] is memo  # reused, not recomputed
+
+
+@pytest.mark.parametrize("change", ["weights", "embedding", "mask prompt", "dense vector"])
+def test_first_layer_image_work_follows_what_it_depends_on(small_sam, change):
+    generator = torch.Generator().manual_seed(7)
+    embeddings = torch.randn(1, 32, 14, 14, generator=generator)
+    box = {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]])}
+    with torch.no_grad():
+        for _ in range(2):
+            small_sam.decode(embeddings, **box)
+        if change == "weights":
+            small_sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.5)
+        elif change == "embedding":
+            embeddings = embeddings + 1.0
+        elif change == "mask prompt":
+            box["mask_inputs"] = torch.randn(1, 1, 56, 56, generator=generator)
+        else:
+            small_sam.prompt_encoder.no_mask_embed.weight.add_(0.5)
+        actual = small_sam.decode(embeddings, **box)
+    with torch.enable_grad():
+        expected = small_sam.decode(embeddings, **box)
+    for a, e in zip(actual, expected):
+        _assert_close(a, e.detach())
+
+
 @pytest.mark.parametrize("queries, keys", [(7, 300), (300, 7), (7, 7), (5, 2000)])
 @pytest.mark.parametrize("downsample", [1, 2])
 def test_folded_cross_attention_matches_projected_attention(queries, keys, downsample):
@@ -266,6 +315,10 @@ def test_upscaling_only_the_crop_equals_the_full_square_path(original, image_siz
     assert actual.shape == expected.shape == (2, 3, *original)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert ((actual > 0) == (expected > 0)).float().mean() >= 0.99999
+    for threshold in (0.0, 0.7):
+        masks = transforms.upscale_masks(low_res, input_size, original, image_size, threshold)
+        assert masks.dtype == torch.bool
+        assert torch.equal(masks, actual > threshold)  # the fused comparison is exact
 
 
 # -- fast mode --------------------------------------------------------------------------

@@ -252,11 +252,12 @@ class Predictor:
         """``low_res (K, h, w)``, ``scores (K,)`` -> Candidates at plane resolution, best first."""
         order = torch.argsort(scores, descending=True)
         low_res, scores = low_res[order], scores[order]
-        logits = transforms.upscale_logits(
-            low_res[None], embedding.input_size, embedding.original_size, embedding.image_size
+        masks = transforms.upscale_masks(
+            low_res[None], embedding.input_size, embedding.original_size, embedding.image_size,
+            self.model.mask_threshold,
         )[0]
         return Candidates(
-            masks=(logits > self.model.mask_threshold).cpu().numpy(),
+            masks=masks.cpu().numpy(),
             scores=scores.float().cpu().numpy(),
             logits=low_res.float().cpu().numpy(),
         )

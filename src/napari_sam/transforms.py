@@ -82,13 +82,34 @@ def upscale_logits(
     """Bring low-res logits ``(B, K, h, w)`` back to the plane: ``(B, K, H, W)``.
 
     Same sequence as SAM: bilinear to the padded model input, crop the padding,
-    bilinear to the original size. Thresholding at 0 gives the masks.
+    bilinear to the original size. Thresholding at 0 gives the masks
+    (:func:`upscale_masks` does both at once).
 
     Only the low-res rows and columns under the crop are upsampled, with the scale
     factor of the full square, so every kept pixel gets the same value as in the full
     upsampling; the second step is skipped when it would not change the size (bilinear
     at scale 1 is the identity).
     """
+    return _upscale(low_res, input_size, original_size, image_size, threshold=None)
+
+
+def upscale_masks(
+    low_res: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """``upscale_logits(...) > threshold`` as a bool tensor ``(B, K, H, W)``, exactly.
+
+    When the plane is the model input (no second resize) and the factor is an integer,
+    the comparison is made as the last interpolation pass writes, so the plane-sized
+    float logits are never stored.
+    """
+    return _upscale(low_res, input_size, original_size, image_size, threshold=threshold)
+
+
+def _upscale(low_res, input_size, original_size, image_size, threshold: float | None) -> torch.Tensor:
     low_h, low_w = low_res.shape[-2:]
     # Output pixel i of the first step reads low-res pixels floor((i + 0.5) * s - 0.5)
     # and the next one, s = low / image; one more keeps the border clamp out of the crop.
@@ -96,39 +117,53 @@ def upscale_logits(
     cols = min(low_w, math.ceil(input_size[1] * low_w / image_size) + 2)
     shape = low_res.shape[:-2]
     crop = low_res[..., :rows, :cols].reshape(-1, rows, cols)
-    if image_size % low_h == 0 and image_size % low_w == 0 and not crop.requires_grad:
-        logits = _upsample_by_integers(crop, image_size // low_h, image_size // low_w)[:, None]
+    resize_again = tuple(input_size) != tuple(original_size)
+    integer_factors = image_size % low_h == 0 and image_size % low_w == 0 and not crop.requires_grad
+    if integer_factors:
+        fused = None if resize_again else threshold
+        logits = _upsample_by_integers(crop, image_size // low_h, image_size // low_w, fused)[:, None]
+        if fused is not None:
+            return logits[..., : input_size[0], : input_size[1]].reshape(*shape, *input_size)
     else:  # one channel per image: torch's CPU kernel takes a faster path (no layout copies)
         logits = F.interpolate(
             crop[:, None], scale_factor=(image_size / low_h, image_size / low_w), mode="bilinear", align_corners=False
         )
     logits = logits[..., : input_size[0], : input_size[1]]
-    if tuple(input_size) != tuple(original_size):
+    if resize_again:
         logits = F.interpolate(logits, tuple(original_size), mode="bilinear", align_corners=False)
-    return logits.view(*shape, *logits.shape[-2:])
+    logits = logits.view(*shape, *logits.shape[-2:])
+    return logits if threshold is None else logits > threshold
 
 
-def _upsample_by_integers(x: torch.Tensor, factor_h: int, factor_w: int) -> torch.Tensor:
+def _upsample_by_integers(
+    x: torch.Tensor, factor_h: int, factor_w: int, threshold: float | None = None
+) -> torch.Tensor:
     """``(N, h, w) -> (N, factor_h * h, factor_w * w)``: bilinear, ``align_corners=False``.
 
     What ``F.interpolate`` computes, up to rounding, about twice as fast on a CPU: with an
     integer factor, output pixel ``factor * i + r`` lies a fixed fraction of the way from
     input pixel ``i + floor(offset_r)`` to the next, so each axis is ``factor``
     interpolations between shifted copies. Clamping at the border equals padding by
-    replication.
+    replication. With a ``threshold``, returns ``result > threshold`` (bool), compared
+    column phase by column phase.
     """
     count, height, width = x.shape
     padded = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     rows = x.new_empty(count, factor_h * height, width + 2)
-    out = x.new_empty(count, factor_h * height, factor_w * width)
+    dtype = torch.bool if threshold is not None else x.dtype
+    out = torch.empty(count, factor_h * height, factor_w * width, dtype=dtype, device=x.device)
     for phase in range(factor_h):
         start, weight = _phase(phase, factor_h)
         below, above = padded[:, start : start + height], padded[:, start + 1 : start + 1 + height]
         torch.lerp(below, above, weight, out=rows[:, phase::factor_h])
+    column = rows.new_empty(count, factor_h * height, width) if threshold is not None else None
     for phase in range(factor_w):
         start, weight = _phase(phase, factor_w)
         left, right = rows[:, :, start : start + width], rows[:, :, start + 1 : start + 1 + width]
-        torch.lerp(left, right, weight, out=out[:, :, phase::factor_w])
+        if column is None:
+            torch.lerp(left, right, weight, out=out[:, :, phase::factor_w])
+        else:
+            torch.gt(torch.lerp(left, right, weight, out=column), threshold, out=out[:, :, phase::factor_w])
     return out
 
 

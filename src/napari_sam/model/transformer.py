@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,22 @@ from .common import MLPBlock
 # Inference folds the image-side projections into the prompt side when one side has
 # at least this many times more tokens than the other (see Attention).
 FOLD_RATIO = 4
+
+
+class FirstLayerImage(NamedTuple):
+    """What the first two-way block computes from the image alone (inference).
+
+    Its image tokens enter with the same PE and, without a mask prompt, the same dense
+    embedding on every prompt, so their projections can be reused across prompts on one
+    image. ``keys (1, hw, C)``; ``k``, ``v``: the token->image attention's key and value
+    heads ``(1, heads, hw, d)``; ``q``: the image->token attention's query heads, laid
+    out ``(1, heads, d, hw)`` for the scores' product.
+    """
+
+    keys: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q: torch.Tensor
 
 
 class Attention(nn.Module):
@@ -89,6 +107,30 @@ class Attention(nn.Module):
         return torch.baddbmm(self.out_proj.bias.expand(batch, 1, -1), attn.transpose(1, 2), v_out)
 
 
+    def attend_projected_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Tokens ``q (B, Nq, C)`` attend to keys and values already projected into
+        heads ``(1 or B, heads, Nk, d)``: ``(B, Nq, C)`` out."""
+        batch, queries, _ = q.shape
+        q = self._heads(self.q_proj(q))
+        out = F.scaled_dot_product_attention(q, k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+        return self.out_proj(out.transpose(1, 2).reshape(batch, queries, self.internal_dim))
+
+    def attend_projected_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Many queries already projected into heads ``q (1 or B, heads, d, Nq)`` attend to
+        few tokens ``k``, ``v (B, Nk, C)``: ``(B, Nq, C)`` out.
+
+        As in :meth:`_attend_many_queries`, scores are laid out ``(B, heads, Nk, Nq)`` for
+        the softmax and the values go through the output projection first.
+        """
+        batch, keys, _ = k.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        k = self._heads(self.k_proj(k)) * head_dim**-0.5  # (B, heads, Nk, d)
+        scores = torch.softmax(k @ q, dim=2)  # (B, heads, Nk, Nq)
+        v = self.v_proj(v).view(batch, keys, heads, head_dim)
+        v_out = torch.einsum("bkhd,ohd->bhko", v, self.out_proj.weight.view(-1, heads, head_dim)).flatten(1, 2)
+        return torch.baddbmm(self.out_proj.bias.expand(batch, 1, -1), scores.flatten(1, 2).transpose(1, 2), v_out)
+
+
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image, MLP on tokens, image->token cross-attention."""
 
@@ -112,10 +154,35 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def can_precompute_image(self) -> bool:
+        """Whether :meth:`image_side` applies: a first block with plain linear projections."""
+        attentions = (self.cross_attn_token_to_image, self.cross_attn_image_to_token)
+        return self.skip_first_layer_pe and all(attention._plain_linears() for attention in attentions)
+
+    def image_side(self, keys: torch.Tensor, key_pe: torch.Tensor) -> FirstLayerImage:
+        """The image-only projections of this block for ``keys``, ``key_pe (1, hw, C)``."""
+        token_to_image, image_to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        keys_with_pe = keys + key_pe
+        k = token_to_image._heads(token_to_image.k_proj(keys_with_pe)).contiguous()
+        v = token_to_image._heads(token_to_image.v_proj(keys)).contiguous()
+        q = image_to_token._heads(image_to_token.q_proj(keys_with_pe)).transpose(2, 3).contiguous()
+        return FirstLayerImage(keys.contiguous(), k, v, q)
+
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor | None,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image: FirstLayerImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``queries (B, T, C)`` tokens, ``keys (B, HW, C)`` image; returns both updated."""
+        """``queries (B, T, C)`` tokens, ``keys (B, HW, C)`` image; returns both updated.
+
+        ``image``: this (first) block's :meth:`image_side`, computed earlier for the same
+        image, in place of ``keys``.
+        """
+        if image is not None:
+            return self._forward_precomputed(queries, query_pe, image)
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt embeddings themselves, PE included.
             queries = self.self_attn(queries, queries, queries)
@@ -132,6 +199,17 @@ class TwoWayAttentionBlock(nn.Module):
         q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(keys_with_pe, q, queries))
         return queries, keys
+
+    def _forward_precomputed(
+        self, queries: torch.Tensor, query_pe: torch.Tensor, image: FirstLayerImage
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` of a first block (no PE on the queries' self-attention)."""
+        queries = self.norm1(self.self_attn(queries, queries, queries))
+        attended = self.cross_attn_token_to_image.attend_projected_keys(queries + query_pe, image.k, image.v)
+        queries = self.norm2(queries + attended)
+        queries = self.norm3(queries + self.mlp(queries))
+        attended = self.cross_attn_image_to_token.attend_projected_queries(image.q, queries + query_pe, queries)
+        return queries, self.norm4(image.keys + attended)
 
 
 class TwoWayTransformer(nn.Module):
@@ -161,18 +239,33 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def can_precompute_image(self) -> bool:
+        return bool(self.layers) and self.layers[0].can_precompute_image()
+
+    def image_side(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> FirstLayerImage:
+        """The first block's image-only work for ``image (1, C, h, w)``, ``image_pe (1, C, h, w)``."""
+        return self.layers[0].image_side(image_embedding.flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2))
+
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        first_layer_image: FirstLayerImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image (B, C, h, w)``, ``image_pe (B, C, h, w)``, ``tokens (B, T, C)``.
+
+        ``first_layer_image``: :meth:`image_side` of the same image and PE (inference),
+        which spares the first block its image-side projections.
 
         Returns the updated tokens ``(B, T, C)`` and image ``(B, hw, C)``.
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for index, layer in enumerate(self.layers):
+            image = first_layer_image if index == 0 else None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, image)
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
