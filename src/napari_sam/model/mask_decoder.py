@@ -109,7 +109,9 @@ class MaskDecoder(nn.Module):
         src = image_embeddings if first_layer is not None else image_embeddings + dense_prompt_embeddings
         pos_src = image_pe.expand(batch, -1, -1, -1)
 
-        hs, src = self.transformer(src, pos_src, tokens, first_layer)
+        # The IoU token and the selected mask tokens are all that is read of the output.
+        outputs = None if torch.is_grad_enabled() else 1 + range(self.num_mask_tokens)[selected][-1] + 1
+        hs, src = self.transformer(src, pos_src, tokens, first_layer, outputs)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -252,13 +252,15 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         first_layer_image: FirstLayerImage | None = None,
+        outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image (B, C, h, w)``, ``image_pe (B, C, h, w)``, ``tokens (B, T, C)``.
 
         ``first_layer_image``: :meth:`image_side` of the same image and PE (inference),
-        which spares the first block its image-side projections.
+        which spares the first block its image-side projections. ``outputs``: only the
+        first ``outputs`` tokens are wanted; the final attention (per token) skips the rest.
 
-        Returns the updated tokens ``(B, T, C)`` and image ``(B, hw, C)``.
+        Returns the updated tokens ``(B, T or outputs, C)`` and image ``(B, hw, C)``.
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
@@ -266,6 +268,7 @@ class TwoWayTransformer(nn.Module):
         for index, layer in enumerate(self.layers):
             image = first_layer_image if index == 0 else None
             queries, keys = layer(queries, keys, point_embedding, key_pe, image)
+        queries, point_embedding = queries[:, :outputs], point_embedding[:, :outputs]
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
