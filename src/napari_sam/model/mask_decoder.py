@@ -137,30 +137,31 @@ class MaskDecoder(nn.Module):
         is then the same vector at every pixel and for every prompt set): the first block
         sees the same image tokens every time. Computed on the second decode against the
         same embedding tensor (a one-off decode gains nothing from it) and kept for the
-        latest embedding only; any change of the embedding object, the PE, the dense
-        vector or the block's weights recomputes it.
+        latest embedding only. It is recomputed when the embedding object, the PE, the
+        dense vector's storage or the block's weights change, or any of them is modified
+        in place (version counters; the memo holds the dense vector, so its storage
+        cannot be reused by another). No value is read back from the device.
         """
         if torch.is_grad_enabled() or image_embeddings.shape[0] != 1 or not self.transformer.can_precompute_image():
             return None
         if dense.stride(0) != 0 and dense.shape[0] != 1 or dense.stride(2) != 0 or dense.stride(3) != 0:
             return None  # a mask prompt: differs per pixel (or per prompt set)
-        dense_vector = dense[0, :, 0, 0]
+        dense_vector = dense[:1, :, :1, :1]
+        tensors = [image_embeddings, image_pe, dense_vector]
         block = self.transformer.layers[0]
-        attentions = (block.cross_attn_token_to_image, block.cross_attn_image_to_token)
-        weights = tuple((param.data_ptr(), _version(param)) for attention in attentions for param in attention.parameters())
-        key = (image_embeddings.data_ptr(), image_pe.data_ptr(), image_pe.shape, weights)
+        for attention in (block.cross_attn_token_to_image, block.cross_attn_image_to_token):
+            tensors += list(attention.parameters())
+        if any(tensor.is_inference() for tensor in tensors[1:]):
+            return None  # in-place changes of these would go unnoticed (no version counter)
+        key = tuple((tensor.data_ptr(), _version(tensor)) for tensor in tensors)
         memo = self.__dict__.get("_first_layer_memo")
-        same = (
-            memo is not None and memo["embedding"]() is image_embeddings and memo["key"] == key
-            and torch.equal(memo["dense"], dense_vector)
-        )
-        if not same:
+        if memo is None or memo["embedding"]() is not image_embeddings or memo["key"] != key:
             self.__dict__["_first_layer_memo"] = {
-                "embedding": weakref.ref(image_embeddings), "key": key, "dense": dense_vector.clone(), "image": None,
+                "embedding": weakref.ref(image_embeddings), "key": key, "dense": dense_vector, "image": None,
             }
             return None
         if memo["image"] is None:
-            memo["image"] = self.transformer.image_side(image_embeddings + dense[:1], image_pe)
+            memo["image"] = self.transformer.image_side(image_embeddings + dense_vector, image_pe)
         return memo["image"]
 
     def _pixelwise_upscaling(self) -> bool:
