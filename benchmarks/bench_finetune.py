@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice weight (SAM: 20 : 1)")
     parser.add_argument("--objects-per-step", type=int, default=16)
+    parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE (SAM: 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +67,8 @@ def main() -> None:
     train_samples = load(("A9", "17P1"), tile)
     val_samples = load(("20P1",), tile)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
-                         rounds=11, lr=args.lr, focal_weight=args.focal_weight, val_max_objects=100)
+                         rounds=11, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
+                         val_max_objects=100)
 
     before = Trainer(base, config, SampleSet(val_samples, base.image_size), val_samples).validate()
     print(f"base: point mIoU {before['point_miou']:.3f}, box mIoU {before['box_miou']:.3f}", flush=True)
@@ -99,7 +101,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "config": {"train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
                    "lr": config.lr, "epochs": config.epochs, "focal_weight": config.focal_weight,
-                   "dice_weight": config.dice_weight, "schedule": config.schedule},
+                   "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }

@@ -216,6 +216,45 @@ def test_text_only_rounds_keep_a_gradient_where_dice_alone_has_none():
     assert trainer.text_weights.focal == 3.0
 
 
+def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
+    from napari_sam.imaging import to_rgb_uint8
+    from napari_sam.synthetic import generate
+    from napari_sam.text import TEXT_DIM
+
+    samples = []
+    for seed in range(2):
+        image = generate((64, 64), kinds=("nucleus", "elongated cell"), size_range=(8, 14), seed=seed)
+        classes = {int(k): str(v) for k, v in image.classes.items()}
+        samples.append(Sample(to_rgb_uint8(image.image), image.labels.astype(np.int64), f"kinds[{seed}]", classes))
+    torch.manual_seed(0)
+    sam = build_sam({**TINY, "text_dim": TEXT_DIM})
+    config = TrainConfig(train="decoder+prompt", text_probability=1.0, rounds=2, objects_per_step=2, lr=1e-3,
+                         text_focal_weight=5.0, text_focal_alpha=0.5, text_focal_gamma=0.0)
+    trainer = Trainer(sam, config, SampleSet(samples, 64), samples)
+    assert (trainer.text_weights.focal, trainer.text_weights.focal_alpha, trainer.text_weights.focal_gamma) == (
+        5.0, 0.5, 0.0)
+    assert (trainer.weights.focal_alpha, trainer.weights.focal_gamma) == (0.25, 2.0)  # mask rounds keep SAM's
+    calls = []
+    decode = trainer.sam.decode
+
+    def recording(embeddings, point_coords=None, point_labels=None, boxes=None, mask_inputs=None, multimask=True,
+                  text_embeddings=None):
+        calls.append((point_coords is not None or boxes is not None, text_embeddings is not None))
+        return decode(embeddings, point_coords, point_labels, boxes, mask_inputs, multimask,
+                      text_embeddings=text_embeddings)
+
+    trainer.sam.decode = recording
+    projection = sam.prompt_encoder.text_projection[0].weight.detach().clone()
+    trainer.train_step(trainer.train_set.epoch_plan(0, 2, 0)[0], np.random.default_rng(0))
+    assert (True, True) in calls  # text beside points / a box
+    assert (False, True) in calls  # text alone
+    assert not torch.equal(projection, sam.prompt_encoder.text_projection[0].weight)
+
+    result = trainer.validate()
+    assert 0.0 <= result["text_miou"] <= 1.0
+    assert result["score"] == pytest.approx((result["point_miou"] + result["box_miou"] + result["text_miou"]) / 3)
+
+
 # --- data ------------------------------------------------------------------------------
 
 

@@ -110,6 +110,10 @@ class TrainConfig:
         Focal weight of the text-only rounds (default: ``focal_weight``). Dice alone lets a
         text path that answers "nothing" everywhere drive its logits so negative that the
         sigmoid saturates and no gradient is left; the focal term keeps one.
+    text_focal_alpha, text_focal_gamma : float or None
+        The text-only rounds' focal alpha and gamma (default: ``focal_alpha``,
+        ``focal_gamma``); 0.5 and 0 make the term plain (halved) binary cross-entropy, which
+        does not favour the background as SAM's 0.25 does when a kind is hard to tell apart.
     """
 
     train: str = "decoder"
@@ -151,6 +155,8 @@ class TrainConfig:
     synthetic_val_images: int = 4
     text_probability: float = 0.0
     text_focal_weight: float | None = None
+    text_focal_alpha: float | None = None
+    text_focal_gamma: float | None = None
     tile_large_planes: bool = True
 
     def __post_init__(self) -> None:
@@ -345,8 +351,15 @@ class Trainer:
             )
         self.augmentation = config.augmentation()
         self.weights = config.loss_weights()
-        text_focal = config.focal_weight if config.text_focal_weight is None else config.text_focal_weight
-        self.text_weights = dataclasses.replace(self.weights, focal=text_focal)
+        def text_or(value, default):
+            return default if value is None else value
+
+        self.text_weights = dataclasses.replace(
+            self.weights,
+            focal=text_or(config.text_focal_weight, config.focal_weight),
+            focal_alpha=text_or(config.text_focal_alpha, config.focal_alpha),
+            focal_gamma=text_or(config.text_focal_gamma, config.focal_gamma),
+        )
         self.state_path = Path(state_path) if state_path is not None else None
         self.on_progress = on_progress
         self.cancel = cancel
@@ -580,8 +593,14 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean IoU over validation objects from one point (the distance-transform maximum,
         top-ranked of 3 candidates) and from the tight box (single mask); ``score`` is
-        their mean."""
-        point_ious, box_ious = [], []
+        their mean.
+
+        When text is trained and the validation images have object kinds, also
+        ``text_miou``: the mean IoU of the mask from a kind's name alone against the union
+        of that kind's objects, over the kinds present in each image; ``score`` is then
+        the mean of the three.
+        """
+        point_ious, box_ious, text_ious = [], [], []
         for index in range(len(self.val_set)):
             prepared: Prepared = self.val_set.prepared(index)
             ids = prepared.object_ids[: self.config.val_max_objects]
@@ -606,10 +625,30 @@ class Trainer:
                 boxes = torch.as_tensor(object_boxes(masks), dtype=torch.float32, device=self.device)
                 logits, _ = self.sam.decode(embedding, boxes=boxes, multimask=False)
                 box_ious += mask_iou(self._masks_at_input(logits, shape), target).flatten().tolist()
+            if self.phrases is not None and prepared.classes:
+                text_ious += self._validate_text(embedding, prepared)
         if not point_ious:
             raise ValueError("no validation object is large enough (min_object_pixels)")
         point, box = float(np.mean(point_ious)), float(np.mean(box_ious))
-        return {"point_miou": point, "box_miou": box, "score": (point + box) / 2, "objects": len(point_ious)}
+        result = {"point_miou": point, "box_miou": box, "score": (point + box) / 2, "objects": len(point_ious)}
+        if text_ious:
+            result["text_miou"] = float(np.mean(text_ious))
+            result["score"] = (point + box + result["text_miou"]) / 3
+        return result
+
+    def _validate_text(self, embedding: torch.Tensor, prepared: Prepared) -> list[float]:
+        """IoU of the mask from each present kind's name alone with the union of its objects."""
+        present = {prepared.classes[int(i)] for i in np.unique(prepared.labels) if int(i) in prepared.classes}
+        kinds = sorted(kind for kind in present if kind in self.phrases.phrases)
+        if not kinds:
+            return []
+        targets = np.stack(
+            [np.isin(prepared.labels, [i for i, k in prepared.classes.items() if k == kind]) for kind in kinds]
+        )
+        names = torch.stack([self.phrases.vectors[kind][0] for kind in kinds])  # the kind's own name
+        logits, _ = self.sam.decode(embedding, multimask=False, text_embeddings=names)
+        masks = self._masks_at_input(logits, prepared.labels.shape)
+        return mask_iou(masks, torch.from_numpy(targets).to(self.device)).flatten().tolist()
 
     # -- loop -------------------------------------------------------------------------
 
