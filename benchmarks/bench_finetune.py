@@ -20,7 +20,7 @@ from pathlib import Path
 import tifffile
 import torch
 
-from napari_sam import load_model
+from napari_sam import load_model, save_model
 from napari_sam.training import TrainConfig
 from napari_sam.training.data import SampleSet, samples_from_arrays, tile_samples
 from napari_sam.training.trainer import Trainer
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--minutes", type=float, default=10.0, help="stop (keeping the best model) after this")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--save", type=Path, help="also save the best fine-tuned model here")
     parser.add_argument("--tile", type=int, default=None,
                         help="crop size in pixels (default: the model's input size; 0: whole images, resized)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -106,6 +107,8 @@ def main() -> None:
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }
     print(json.dumps({k: report[k] for k in ("seconds_per_epoch", "point_gain", "box_gain")}))
+    if args.save:
+        save_model(result.model, args.save, metadata={"base": args.base, "benchmark": report["command"]})
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
