@@ -28,12 +28,13 @@ from napari_sam.training.trainer import Trainer
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval")) / "bbbc007"
 
 
-def load(prefixes: tuple[str, ...], tile: int) -> list:
+def load(prefixes: tuple[str, ...], tile: int, overlap: float = 0.0) -> list:
     """Samples of the plates ``prefixes``, cut into ``tile``-pixel crops (0: whole images).
 
     Crops at the model's input size train and validate the model as it is used on larger
     planes (tiles at native resolution, see napari_sam.tiling); whole images would be
-    shrunk to the input. Crops step by ``tile`` (no overlap), the last one flush with the
+    shrunk to the input. Crops overlap by the fraction ``overlap`` of ``tile`` (validation:
+    none), the last one flush with the
     edge, crops without labels dropped (``tile_samples``).
     """
     images, labels = [], []
@@ -42,7 +43,7 @@ def load(prefixes: tuple[str, ...], tile: int) -> list:
             images.append(tifffile.imread(path))
             labels.append(tifffile.imread(path.with_name(path.name.replace("_image", "_labels"))))
     samples = samples_from_arrays(images, labels)
-    return tile_samples(samples, tile, overlap=0.0) if tile else samples
+    return tile_samples(samples, tile, overlap=overlap) if tile else samples
 
 
 def main() -> None:
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice weight (SAM: 20 : 1)")
     parser.add_argument("--objects-per-step", type=int, default=16)
+    parser.add_argument("--overlap", type=float, default=0.0,
+                        help="overlap of the training crops, a fraction of the crop (validation crops: none)")
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE (SAM: 1)")
     args = parser.parse_args()
     if args.threads:
@@ -65,7 +68,7 @@ def main() -> None:
 
     base = load_model(args.base, device="cpu")
     tile = base.image_size if args.tile is None else args.tile
-    train_samples = load(("A9", "17P1"), tile)
+    train_samples = load(("A9", "17P1"), tile, args.overlap)
     val_samples = load(("20P1",), tile)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
                          rounds=11, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
@@ -102,7 +105,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "config": {"train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
                    "lr": config.lr, "epochs": config.epochs, "focal_weight": config.focal_weight,
-                   "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule},
+                   "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule,
+                   "training_crop_overlap": args.overlap},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }
