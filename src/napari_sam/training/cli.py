@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4)")
     parser.add_argument("--val-fraction", type=float, help="share of images used for validation (default: 0.2)")
     parser.add_argument("--objects-per-step", type=int, help="objects of one image per step (default: 8)")
+    parser.add_argument("--focal-weight", type=float,
+                        help="focal-loss weight beside dice weight 1 (default: 20, SAM's; 0: dice alone, which "
+                             "gained more in the BBBC007 fine-tuning benchmark, docs/benchmarks.md)")
     parser.add_argument("--lora-rank", type=int, help="LoRA rank for --train lora (default: 4)")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: best available)")
@@ -50,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
-             "lora_rank": "lora_rank", "seed": "seed", "device": "device", "tile_large_planes": "tile_large_planes"}
+             "lora_rank": "lora_rank", "seed": "seed", "focal_weight": "focal_weight", "device": "device", "tile_large_planes": "tile_large_planes"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
@@ -73,7 +76,9 @@ class _Progress:
             val = event["val"]
             self.bar.write(
                 f"epoch {event['epoch'] + 1}: loss {event['loss']:.4f}, validation mIoU point "
-                f"{val['point_miou']:.3f} box {val['box_miou']:.3f} ({val['objects']} objects)"
+                f"{val['point_miou']:.3f} box {val['box_miou']:.3f}"
+                + (f" text {val['text_miou']:.3f}" if "text_miou" in val else "")
+                + f" ({val['objects']} objects)"
             )
         else:
             self.bar.close()
