@@ -106,7 +106,6 @@ class Attention(nn.Module):
         v_out = torch.einsum("bkhd,ohd->bhko", v, self.out_proj.weight.view(-1, heads, head_dim)).flatten(1, 2)
         return torch.baddbmm(self.out_proj.bias.expand(batch, 1, -1), attn.transpose(1, 2), v_out)
 
-
     def attend_projected_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Tokens ``q (B, Nq, C)`` attend to keys and values already projected into
         heads ``(1 or B, heads, Nk, d)``: ``(B, Nq, C)`` out."""
