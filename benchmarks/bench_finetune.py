@@ -63,6 +63,8 @@ def main() -> None:
                         help="overlap of the training crops, a fraction of the crop (validation crops: none)")
     parser.add_argument("--box-probability", type=float, default=0.5,
                         help="share of interactions that start from a box instead of a point")
+    parser.add_argument("--loss-resolution", choices=["low", "input"], default="low",
+                        help="mask loss on the low-res grid or at the model input (TrainConfig.loss_resolution)")
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE (SAM: 1)")
     args = parser.parse_args()
     if args.save and args.out and args.save.with_suffix(".json").resolve() == args.out.resolve():
@@ -76,7 +78,8 @@ def main() -> None:
     val_samples = load(("20P1",), tile)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
                          rounds=11, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
-                         box_probability=args.box_probability, val_max_objects=100)
+                         box_probability=args.box_probability, loss_resolution=args.loss_resolution,
+                         val_max_objects=100)
 
     before = Trainer(base, config, SampleSet(val_samples, base.image_size), val_samples).validate()
     print(f"base: point mIoU {before['point_miou']:.3f}, box mIoU {before['box_miou']:.3f}", flush=True)
@@ -111,7 +114,7 @@ def main() -> None:
                    "lr": config.lr, "epochs": config.epochs, "focal_weight": config.focal_weight,
                    "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule,
                    "training_crop_overlap": args.overlap,
-                   "box_probability": config.box_probability},
+                   "box_probability": config.box_probability, "loss_resolution": config.loss_resolution},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }

@@ -216,6 +216,27 @@ def test_text_only_rounds_keep_a_gradient_where_dice_alone_has_none():
     assert trainer.text_weights.focal == 3.0
 
 
+def test_loss_at_input_resolution_sees_edges_finer_than_a_low_res_pixel():
+    masks = np.zeros((1, 64, 64), bool)
+    masks[0, 11:16, 11:16] = True  # 5 px: edges inside low-res pixels (2 px each)
+    trainers = {where: _recording_trainer(TrainConfig(loss_resolution=where))[0] for where in ("low", "input")}
+    low_targets, low_at = trainers["low"]._loss_targets(masks)
+    input_targets, input_at = trainers["input"]._loss_targets(masks)
+    assert low_targets.shape[-2:] == (32, 32) and input_targets.shape[-2:] == (64, 64)
+    # Logits that reproduce the low-res target exactly: no loss on the low-res grid, but
+    # upsampled to the input they miss the 5-px square's true edges.
+    logits = (low_targets * 2 - 1) * 20.0
+    exact = sam_loss(low_at(logits), torch.ones(1, 1), low_targets).mask
+    upsampled = sam_loss(input_at(logits), torch.ones(1, 1), input_targets).mask
+    assert float(exact) < 1e-6 < 0.01 < float(upsampled)
+
+    trainer = trainers["input"]
+    metrics = trainer.train_step(trainer.train_set.epoch_plan(0, 2, 0)[0], np.random.default_rng(0))
+    assert np.isfinite(metrics["loss"])
+    with pytest.raises(ValueError, match="loss_resolution"):
+        TrainConfig(loss_resolution="full")
+
+
 def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
     from napari_sam.imaging import to_rgb_uint8
     from napari_sam.synthetic import generate

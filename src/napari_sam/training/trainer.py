@@ -110,6 +110,12 @@ class TrainConfig:
         Focal weight of the text-only rounds (default: ``focal_weight``). Dice alone lets a
         text path that answers "nothing" everywhere drive its logits so negative that the
         sigmoid saturates and no gradient is left; the focal term keeps one.
+    loss_resolution : "low" or "input"
+        Where the mask loss and the IoU head's target IoU are computed: on the low-res
+        logit grid against area-downsampled targets (``"low"``, 4x coarser than the input),
+        or on the logits bilinearly upsampled to the model input against the full-resolution
+        masks (``"input"``, as predictions are used; teaches edges finer than a low-res
+        pixel, which matters for objects only a few low-res pixels wide).
     text_focal_alpha, text_focal_gamma : float or None
         The text-only rounds' focal alpha and gamma (default: ``focal_alpha``,
         ``focal_gamma``); 0.5 and 0 make the term plain (halved) binary cross-entropy, which
@@ -156,12 +162,15 @@ class TrainConfig:
     text_probability: float = 0.0
     text_focal_weight: float | None = None
     text_focal_alpha: float | None = None
+    loss_resolution: str = "low"
     text_focal_gamma: float | None = None
     tile_large_planes: bool = True
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
             raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
+        if self.loss_resolution not in ("low", "input"):
+            raise ValueError(f"loss_resolution must be 'low' or 'input', got {self.loss_resolution!r}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
         for name in ("epochs", "objects_per_step", "rounds", "lora_rank"):
@@ -466,6 +475,16 @@ class Trainer:
         valid = (math.ceil(masks.shape[1] * low_h / size), math.ceil(masks.shape[2] * low_w / size))
         return low, valid
 
+    def _loss_targets(self, masks: np.ndarray) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Targets of ``(B, h, w)`` bool model-input masks for the loss, at
+        ``config.loss_resolution``, and the function that brings low-res logits to them."""
+        if self.config.loss_resolution == "input":
+            shape = masks.shape[1:]
+            targets = torch.from_numpy(masks).to(self.device, torch.float32)[:, None]
+            return targets, lambda logits: self._masks_at_input(logits, shape)
+        targets, (vh, vw) = self._low_res_targets(masks)
+        return targets[..., :vh, :vw], lambda logits: logits[..., :vh, :vw]
+
     def _masks_at_input(self, low_res: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """``(B, K, lh, lw)`` logits -> ``(B, K, h, w)`` logits on the unpadded model input."""
         size = self.sam.image_size
@@ -487,8 +506,7 @@ class Trainer:
         augmented = self.augmentation.apply(prepared, variant, config.seed, step.sample)
         shape = augmented.labels.shape
         masks = augmented.labels[None] == ids[:, None, None]
-        targets, (vh, vw) = self._low_res_targets(masks)
-        targets = targets[..., :vh, :vw]
+        targets, at_targets = self._loss_targets(masks)
         batch = ids.size
 
         key = ("train", step.sample, variant) if self.train_set.cacheable else None
@@ -534,7 +552,7 @@ class Trainer:
             logits, iou = self.sam.decode(
                 embedding, point_coords, point_labels, boxes, mask_input, round_.multimask, text_embeddings=text
             )
-            loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.weights)
+            loss = sam_loss(at_targets(logits), iou, targets, self.weights)
             (loss.total / len(schedule)).backward()
             mask_input = logits[torch.arange(batch, device=logits.device), loss.best][:, None].detach()
             round_losses.append(float(loss.total.detach()))
@@ -575,13 +593,12 @@ class Trainer:
             return float("nan")
         ids_of = {kind: [i for i, k in prepared.classes.items() if k == kind] for kind in kinds}
         masks = np.stack([np.isin(prepared.labels, ids_of[kind]) for kind in kinds])
-        targets, (vh, vw) = self._low_res_targets(masks)
-        targets = targets[..., :vh, :vw]
+        targets, at_targets = self._loss_targets(masks)
         text = self.phrases.sample(kinds, rng)
         mask_input, losses = None, []
         for _ in range(2):
             logits, iou = self.sam.decode(embedding, mask_inputs=mask_input, multimask=False, text_embeddings=text)
-            loss = sam_loss(logits[..., :vh, :vw], iou, targets, self.text_weights)
+            loss = sam_loss(at_targets(logits), iou, targets, self.text_weights)
             (loss.total / 2).backward()
             mask_input = logits.detach()
             losses.append(float(loss.total.detach()))
