@@ -571,8 +571,10 @@ def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
     add_parser(parser.add_subparsers())
     out = tmp_path / "tuned.pt"
     args = parser.parse_args(["finetune", "--images", str(folder), "--base", str(base), "--epochs", "1",
-                              "--out", str(out), "--device", "cpu", "--seed", "1", "--focal-weight", "0"])
+                              "--out", str(out), "--device", "cpu", "--seed", "1", "--focal-weight", "0",
+                              "--loss-resolution", "input"])
     assert args.func(args) == 0
     assert out.exists() and state_path_for(out).exists()
     assert "saved" in capsys.readouterr().out
-    assert load_train_state(state_path_for(out))["config"]["focal_weight"] == 0.0
+    config = load_train_state(state_path_for(out))["config"]
+    assert (config["focal_weight"], config["loss_resolution"]) == (0.0, "input")

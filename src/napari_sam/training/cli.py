@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--focal-weight", type=float,
                         help="focal-loss weight beside dice weight 1 (default: 20, SAM's; 0: dice alone, which "
                              "gained more in the BBBC007 fine-tuning benchmark, docs/benchmarks.md)")
+    parser.add_argument("--loss-resolution", choices=["low", "input"],
+                        help="mask loss on the low-res logit grid (default) or on logits upsampled to the model "
+                             "input, which learns finer edges (docs/training.md)")
     parser.add_argument("--lora-rank", type=int, help="LoRA rank for --train lora (default: 4)")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: best available)")
@@ -53,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
-             "lora_rank": "lora_rank", "seed": "seed", "focal_weight": "focal_weight", "device": "device", "tile_large_planes": "tile_large_planes"}
+             "lora_rank": "lora_rank", "seed": "seed", "focal_weight": "focal_weight",
+             "loss_resolution": "loss_resolution", "device": "device", "tile_large_planes": "tile_large_planes"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
