@@ -34,8 +34,7 @@ def load(prefixes: tuple[str, ...], tile: int, overlap: float = 0.0) -> list:
     Crops at the model's input size train and validate the model as it is used on larger
     planes (tiles at native resolution, see napari_sam.tiling); whole images would be
     shrunk to the input. Crops overlap by the fraction ``overlap`` of ``tile`` (validation:
-    none), the last one flush with the
-    edge, crops without labels dropped (``tile_samples``).
+    none), the last one flush with the edge, crops without labels dropped (``tile_samples``).
     """
     images, labels = [], []
     for path in sorted(EVAL.glob("*_image.tif")):

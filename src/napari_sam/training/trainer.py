@@ -110,16 +110,16 @@ class TrainConfig:
         Focal weight of the text-only rounds (default: ``focal_weight``). Dice alone lets a
         text path that answers "nothing" everywhere drive its logits so negative that the
         sigmoid saturates and no gradient is left; the focal term keeps one.
+    text_focal_alpha, text_focal_gamma : float or None
+        The text-only rounds' focal alpha and gamma (default: ``focal_alpha``,
+        ``focal_gamma``); 0.5 and 0 make the term plain (halved) binary cross-entropy, which
+        does not favour the background as SAM's 0.25 does when a kind is hard to tell apart.
     loss_resolution : "low" or "input"
         Where the mask loss and the IoU head's target IoU are computed: on the low-res
         logit grid against area-downsampled targets (``"low"``, 4x coarser than the input),
         or on the logits bilinearly upsampled to the model input against the full-resolution
         masks (``"input"``, as predictions are used; teaches edges finer than a low-res
         pixel, which matters for objects only a few low-res pixels wide).
-    text_focal_alpha, text_focal_gamma : float or None
-        The text-only rounds' focal alpha and gamma (default: ``focal_alpha``,
-        ``focal_gamma``); 0.5 and 0 make the term plain (halved) binary cross-entropy, which
-        does not favour the background as SAM's 0.25 does when a kind is hard to tell apart.
     """
 
     train: str = "decoder"
@@ -162,9 +162,9 @@ class TrainConfig:
     text_probability: float = 0.0
     text_focal_weight: float | None = None
     text_focal_alpha: float | None = None
-    loss_resolution: str = "low"
     text_focal_gamma: float | None = None
     tile_large_planes: bool = True
+    loss_resolution: str = "low"
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -250,6 +250,19 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _present_kinds(prepared: Prepared) -> list[str]:
+    """The object kinds with at least one labelled object in ``prepared``, sorted."""
+    return sorted({prepared.classes[int(i)] for i in np.unique(prepared.labels) if int(i) in prepared.classes})
+
+
+def _kind_masks(prepared: Prepared, kinds: list[str]) -> np.ndarray:
+    """``(len(kinds), h, w)`` bool: the union of each kind's objects (empty for an absent kind)."""
+    return np.stack([
+        np.isin(prepared.labels, [label for label, kind_of in prepared.classes.items() if kind_of == kind])
+        for kind in kinds
+    ])
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -360,14 +373,10 @@ class Trainer:
             )
         self.augmentation = config.augmentation()
         self.weights = config.loss_weights()
-        def text_or(value, default):
-            return default if value is None else value
-
+        text_overrides = {"focal": config.text_focal_weight, "focal_alpha": config.text_focal_alpha,
+                          "focal_gamma": config.text_focal_gamma}
         self.text_weights = dataclasses.replace(
-            self.weights,
-            focal=text_or(config.text_focal_weight, config.focal_weight),
-            focal_alpha=text_or(config.text_focal_alpha, config.focal_alpha),
-            focal_gamma=text_or(config.text_focal_gamma, config.focal_gamma),
+            self.weights, **{name: value for name, value in text_overrides.items() if value is not None}
         )
         self.state_path = Path(state_path) if state_path is not None else None
         self.on_progress = on_progress
@@ -584,16 +593,14 @@ class Trainer:
         The target of a kind is the union of its objects; an absent kind's is empty, which
         teaches the model to say "none here" rather than segment whatever is there.
         """
-        present = sorted({prepared.classes[int(i)] for i in np.unique(prepared.labels) if int(i) in prepared.classes})
+        present = _present_kinds(prepared)
         kinds = [kind for kind in present if kind in self.phrases.phrases]
         absent = [kind for kind in self.phrases.kinds() if kind not in present]
         if absent:
             kinds.append(absent[int(rng.integers(len(absent)))])
         if not kinds:
             return float("nan")
-        ids_of = {kind: [i for i, k in prepared.classes.items() if k == kind] for kind in kinds}
-        masks = np.stack([np.isin(prepared.labels, ids_of[kind]) for kind in kinds])
-        targets, at_targets = self._loss_targets(masks)
+        targets, at_targets = self._loss_targets(_kind_masks(prepared, kinds))
         text = self.phrases.sample(kinds, rng)
         mask_input, losses = None, []
         for _ in range(2):
@@ -655,13 +662,10 @@ class Trainer:
 
     def _validate_text(self, embedding: torch.Tensor, prepared: Prepared) -> list[float]:
         """IoU of the mask from each present kind's name alone with the union of its objects."""
-        present = {prepared.classes[int(i)] for i in np.unique(prepared.labels) if int(i) in prepared.classes}
-        kinds = sorted(kind for kind in present if kind in self.phrases.phrases)
+        kinds = [kind for kind in _present_kinds(prepared) if kind in self.phrases.phrases]
         if not kinds:
             return []
-        targets = np.stack(
-            [np.isin(prepared.labels, [i for i, k in prepared.classes.items() if k == kind]) for kind in kinds]
-        )
+        targets = _kind_masks(prepared, kinds)
         names = torch.stack([self.phrases.vectors[kind][0] for kind in kinds])  # the kind's own name
         logits, _ = self.sam.decode(embedding, multimask=False, text_embeddings=names)
         masks = self._masks_at_input(logits, prepared.labels.shape)
