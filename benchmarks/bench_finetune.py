@@ -64,6 +64,8 @@ def main() -> None:
                         help="share of interactions that start from a box instead of a point")
     parser.add_argument("--loss-resolution", choices=["low", "input"], default="low",
                         help="mask loss on the low-res grid or at the model input (TrainConfig.loss_resolution)")
+    parser.add_argument("--rounds", type=int, default=11,
+                        help="simulated-interaction rounds per batch of objects (SAM: 11)")
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE (SAM: 1)")
     args = parser.parse_args()
     if args.save and args.out and args.save.with_suffix(".json").resolve() == args.out.resolve():
@@ -76,7 +78,7 @@ def main() -> None:
     train_samples = load(("A9", "17P1"), tile, args.overlap)
     val_samples = load(("20P1",), tile)
     config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
-                         rounds=11, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
+                         rounds=args.rounds, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
                          box_probability=args.box_probability, loss_resolution=args.loss_resolution,
                          val_max_objects=100)
 

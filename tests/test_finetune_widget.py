@@ -73,6 +73,23 @@ def test_trains_on_layers_in_a_background_worker_with_live_progress(widget, qtbo
     assert w.out_path.text() == str(tmp_path / "tuned-2.pt")
 
 
+def test_the_fast_recipe_brings_its_settings_and_the_learning_rate_field_follows(widget, qtbot, tmp_path):
+    from napari_sam.training import load_train_state, state_path_for
+
+    _, w = widget
+    w.recipe_combo.setCurrentText("fast")
+    assert w.lr_spin.value() == pytest.approx(1e-3)
+    w.lr_spin.setValue(5e-4)  # the field still overrides the recipe
+    w.epochs_spin.setValue(1)
+    with qtbot.waitSignal(w.trained, timeout=TIMEOUT):
+        w.start()
+    config = load_train_state(state_path_for(tmp_path / "tuned.pt"))["config"]
+    assert (config["rounds"], config["focal_weight"], config["loss_resolution"]) == (3, 0.0, "input")
+    assert config["lr"] == pytest.approx(5e-4)
+    w.recipe_combo.setCurrentText("sam")
+    assert w.lr_spin.value() == pytest.approx(1e-4)
+
+
 def test_only_labelled_planes_are_used(widget, qtbot):
     _, w = widget
     seen = []

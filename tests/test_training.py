@@ -237,6 +237,14 @@ def test_loss_at_input_resolution_sees_edges_finer_than_a_low_res_pixel():
         TrainConfig(loss_resolution="full")
 
 
+def test_named_recipes():
+    assert TrainConfig.recipe("sam") == TrainConfig()
+    fast = TrainConfig.recipe("fast", epochs=3)
+    assert (fast.rounds, fast.focal_weight, fast.lr, fast.loss_resolution, fast.epochs) == (3, 0.0, 1e-3, "input", 3)
+    with pytest.raises(ValueError, match="unknown recipe 'quick'"):
+        TrainConfig.recipe("quick")
+
+
 def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
     from napari_sam.imaging import to_rgb_uint8
     from napari_sam.synthetic import generate
@@ -571,10 +579,12 @@ def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
     add_parser(parser.add_subparsers())
     out = tmp_path / "tuned.pt"
     args = parser.parse_args(["finetune", "--images", str(folder), "--base", str(base), "--epochs", "1",
-                              "--out", str(out), "--device", "cpu", "--seed", "1", "--focal-weight", "0",
-                              "--loss-resolution", "input"])
+                              "--out", str(out), "--device", "cpu", "--seed", "1", "--recipe", "fast",
+                              "--focal-weight", "0.5", "--rounds", "2"])
     assert args.func(args) == 0
     assert out.exists() and state_path_for(out).exists()
     assert "saved" in capsys.readouterr().out
     config = load_train_state(state_path_for(out))["config"]
-    assert (config["focal_weight"], config["loss_resolution"]) == (0.0, "input")
+    # The recipe's settings, the flags given overriding it.
+    assert (config["lr"], config["loss_resolution"]) == (1e-3, "input")
+    assert (config["focal_weight"], config["rounds"]) == (0.5, 2)

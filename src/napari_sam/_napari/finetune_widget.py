@@ -35,6 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..training.recipes import RECIPES
+from ..training.trainer import TrainConfig
 from .widget import CUSTOM_MODEL, _LayerCombo, add_named_models, device_choices, form_group
 
 LAYERS, FOLDERS = "napari layers", "folders"
@@ -43,6 +45,10 @@ TRAIN_CHOICES = {
     "decoder+prompt": "mask decoder + prompt encoder",
     "lora": "LoRA adapters in the image encoder + decoder",
     "all": "everything (needs a GPU for large models)",
+}
+RECIPE_TIPS = {
+    "sam": "the SAM paper's: focal + dice 20:1, lr 1e-4, 11 interaction rounds",
+    "fast": "dice alone, lr 1e-3, 3 rounds, loss at the input resolution: most gain per CPU-minute",
 }
 LOSS_COLOR, POINT_COLOR, BOX_COLOR = QColor("#e0a030"), QColor("#40c040"), QColor("#4090ff")
 
@@ -174,6 +180,11 @@ class FinetuneWidget(QWidget):
             self.train_combo.addItem(mode)
             self.train_combo.setItemData(self.train_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.train_combo.setToolTip("What is trained; the decoder alone reuses cached embeddings (fast)")
+        self.recipe_combo = QComboBox()
+        self.recipe_combo.addItems(list(RECIPES))
+        for index, tip in enumerate(RECIPE_TIPS[name] for name in RECIPES):
+            self.recipe_combo.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
+        self.recipe_combo.setToolTip("Training settings: SAM's, or the most gain per CPU-minute (docs/training.md)")
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 10_000)
         self.epochs_spin.setValue(10)
@@ -184,6 +195,10 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setSingleStep(1e-5)
         self.lr_spin.setValue(1e-4)
         self.lr_spin.setToolTip("AdamW learning rate (peak of the warm-up / cosine schedule)")
+        # A recipe brings its learning rate; the field can still be edited afterwards.
+        self.recipe_combo.currentTextChanged.connect(
+            lambda name: self.lr_spin.setValue(TrainConfig.recipe(name).lr)
+        )
         self.val_spin = QDoubleSpinBox()
         self.val_spin.setRange(0.05, 0.5)
         self.val_spin.setSingleStep(0.05)
@@ -204,6 +219,7 @@ class FinetuneWidget(QWidget):
         ])
         model_box = form_group("Model and training", [
             ("base model", self.base_combo), ("", self.base_path), ("train", self.train_combo),
+            ("recipe", self.recipe_combo),
             ("epochs", self.epochs_spin), ("learning rate", self.lr_spin), ("validation", self.val_spin),
             ("device", self.device_combo), ("save as", self.out_path),
         ])
@@ -317,6 +333,7 @@ class FinetuneWidget(QWidget):
             return
         device = self.device_combo.currentText()
         options = {
+            "config": TrainConfig.recipe(self.recipe_combo.currentText()),
             "train": self.train_combo.currentText(),
             "epochs": self.epochs_spin.value(),
             "lr": float(self.lr_spin.value()),

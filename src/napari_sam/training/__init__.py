@@ -16,6 +16,7 @@ from .data import (
 )
 from .lora import TRAIN_MODES, LoRALinear, apply_lora, merge_lora
 from .losses import LossWeights, dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
+from .recipes import RECIPES
 from .trainer import TrainConfig, Trainer, TrainResult, finetune, load_train_state, state_path_for
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Sample",
     "SampleSet",
     "SyntheticSet",
+    "RECIPES",
     "TrainConfig",
     "TrainResult",
     "Trainer",

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from .lora import TRAIN_MODES
+from .recipes import RECIPES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,8 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="fine-tune a model on annotated images (simulated interactive training)",
         description=(
             "Fine-tune SAM on image / instance-label pairs with simulated clicks (11 rounds per "
-            "object). Images and labels are matched by file name: two folders with the same names, "
-            "or one folder with X_image.tif + X_labels.tif. Stacks give one sample per plane. "
+            "object; 3 with --recipe fast). Images and labels are matched by file name: two folders "
+            "with the same names, or one folder with X_image.tif + X_labels.tif. Stacks give one sample per plane. "
             "Writes the best model (by validation IoU) to --out and the training state beside it "
             "(model.pt -> model.state.pt), which --resume continues from. Ctrl+C stops after the current step "
             "and keeps a resumable state."
@@ -34,15 +35,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--epochs", type=int,
                         help="passes over every training object (default: 10; on --resume, the saved run's)")
     parser.add_argument("--out", required=True, help="output model file, e.g. model.pt")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="sam",
+                        help="settings to start from: 'sam' (the SAM paper's: focal + dice 20:1, lr 1e-4, 11 "
+                             "rounds) or 'fast' (dice alone, lr 1e-3, 3 rounds, loss at the input resolution: "
+                             "the most gain per CPU-minute in docs/benchmarks.md); the options below override it")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--val-fraction", type=float, help="share of images used for validation (default: 0.2)")
     parser.add_argument("--objects-per-step", type=int, help="objects of one image per step (default: 8)")
     parser.add_argument("--focal-weight", type=float,
-                        help="focal-loss weight beside dice weight 1 (default: 20, SAM's; 0: dice alone, which "
-                             "gained more in the BBBC007 fine-tuning benchmark, docs/benchmarks.md)")
+                        help="focal-loss weight beside dice weight 1 (default: the recipe's; 0: dice alone)")
     parser.add_argument("--loss-resolution", choices=["low", "input"],
-                        help="mask loss on the low-res logit grid (default) or on logits upsampled to the model "
-                             "input, which learns finer edges (docs/training.md)")
+                        help="mask loss on the low-res logit grid or on logits upsampled to the model input, "
+                             "which learns finer edges (default: the recipe's; docs/training.md)")
+    parser.add_argument("--rounds", type=int,
+                        help="simulated-interaction rounds per batch of objects (default: the recipe's; "
+                             "fewer rounds make each step cheaper, docs/training.md)")
     parser.add_argument("--lora-rank", type=int, help="LoRA rank for --train lora (default: 4)")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: best available)")
@@ -57,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
              "lora_rank": "lora_rank", "seed": "seed", "focal_weight": "focal_weight",
-             "loss_resolution": "loss_resolution", "device": "device", "tile_large_planes": "tile_large_planes"}
+             "loss_resolution": "loss_resolution", "rounds": "rounds", "device": "device", "tile_large_planes": "tile_large_planes"}
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
@@ -90,7 +97,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune`` with parsed ``args``; returns the exit status."""
-    from .trainer import finetune, state_path_for
+    from .trainer import TrainConfig, finetune, state_path_for
 
     cancel = threading.Event()
 
@@ -112,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             out=args.out,
             resume=args.resume,
+            config=TrainConfig.recipe(args.recipe),
             on_progress=progress,
             cancel=cancel,
             **_options(args),

@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage-2 focal weight (dice weight 1)")
     parser.add_argument("--text-focal-weight", type=float, default=None,
                         help="focal weight of the text-only rounds (default: --focal-weight)")
+    parser.add_argument("--text-focal-alpha", type=float, default=DEFAULT_TRAINING.get("text_focal_alpha"),
+                        help="focal alpha of the text-only rounds")
+    parser.add_argument("--text-focal-gamma", type=float, default=DEFAULT_TRAINING.get("text_focal_gamma"),
+                        help="focal gamma of the text-only rounds (0: cross-entropy)")
     parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
                         help="share of stage-2 images with several object kinds")
     parser.add_argument("--architecture", type=json.loads, default={},
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     architecture = {**DEFAULT_ARCHITECTURE, **args.architecture}
     stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability,
-              "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight}
+              "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight,
+              "text_focal_alpha": args.text_focal_alpha, "text_focal_gamma": args.text_focal_gamma}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

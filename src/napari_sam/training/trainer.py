@@ -38,6 +38,7 @@ from . import data as data_mod
 from .data import Augmentation, Prepared, Sample, SampleSet, Step, SyntheticSet
 from .lora import TRAIN_MODES, configure_trainable, encoder_is_trained, merge_lora
 from .losses import LossWeights, mask_iou, sam_loss
+from .recipes import RECIPES
 from .simulation import (
     jitter_boxes,
     make_schedule,
@@ -190,6 +191,14 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The named settings of :data:`RECIPES` (``"sam"``: the paper's, the defaults;
+        ``"fast"``: the most gain per CPU-minute measured here), with ``overrides``."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
+        return cls(**{**RECIPES[name], **overrides})
 
     def augmentation(self) -> Augmentation:
         return Augmentation(self.flips, self.rotations, self.intensity, self.intensity_variants)
