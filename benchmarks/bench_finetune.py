@@ -21,7 +21,7 @@ import tifffile
 import torch
 
 from napari_sam import load_model, save_model
-from napari_sam.training import TrainConfig
+from napari_sam.training import RECIPES, TrainConfig
 from napari_sam.training.data import SampleSet, samples_from_arrays, tile_samples
 from napari_sam.training.trainer import Trainer
 
@@ -55,18 +55,20 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=None,
                         help="crop size in pixels (default: the model's input size; 0: whole images, resized)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--focal-weight", type=float, default=20.0, help="focal : dice weight (SAM: 20 : 1)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="sam",
+                        help="TrainConfig.recipe to start from; the options below override it")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--focal-weight", type=float, help="focal : dice weight (SAM: 20 : 1)")
     parser.add_argument("--objects-per-step", type=int, default=16)
     parser.add_argument("--overlap", type=float, default=0.0,
                         help="overlap of the training crops, a fraction of the crop (validation crops: none)")
     parser.add_argument("--box-probability", type=float, default=0.5,
                         help="share of interactions that start from a box instead of a point")
-    parser.add_argument("--loss-resolution", choices=["low", "input"], default="low",
+    parser.add_argument("--loss-resolution", choices=["low", "input"],
                         help="mask loss on the low-res grid or at the model input (TrainConfig.loss_resolution)")
-    parser.add_argument("--rounds", type=int, default=11,
+    parser.add_argument("--rounds", type=int,
                         help="simulated-interaction rounds per batch of objects (SAM: 11)")
-    parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the IoU head's MSE (SAM: 1)")
+    parser.add_argument("--iou-weight", type=float, help="weight of the IoU head's MSE (SAM: 1)")
     args = parser.parse_args()
     if args.save and args.out and args.save.with_suffix(".json").resolve() == args.out.resolve():
         parser.error(f"--save {args.save} writes its metadata to {args.out}: choose another --out")
@@ -77,10 +79,13 @@ def main() -> None:
     tile = base.image_size if args.tile is None else args.tile
     train_samples = load(("A9", "17P1"), tile, args.overlap)
     val_samples = load(("20P1",), tile)
-    config = TrainConfig(train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
-                         rounds=args.rounds, lr=args.lr, focal_weight=args.focal_weight, iou_weight=args.iou_weight,
-                         box_probability=args.box_probability, loss_resolution=args.loss_resolution,
-                         val_max_objects=100)
+    overrides = {"rounds": args.rounds, "lr": args.lr, "focal_weight": args.focal_weight,
+                 "iou_weight": args.iou_weight, "loss_resolution": args.loss_resolution}
+    config = TrainConfig.recipe(
+        args.recipe, train="decoder", epochs=args.epochs, device="cpu", objects_per_step=args.objects_per_step,
+        box_probability=args.box_probability, val_max_objects=100,
+        **{name: value for name, value in overrides.items() if value is not None},
+    )
 
     before = Trainer(base, config, SampleSet(val_samples, base.image_size), val_samples).validate()
     print(f"base: point mIoU {before['point_miou']:.3f}, box mIoU {before['box_miou']:.3f}", flush=True)
@@ -111,7 +116,7 @@ def main() -> None:
         "train": f"A9 + 17P1 plates (9 images, {len(train_samples)} crops)",
         "validation": f"20P1 plate (5 images, {len(val_samples)} crops)", "tile": tile,
         "threads": torch.get_num_threads(),
-        "config": {"train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
+        "config": {"recipe": args.recipe, "train": config.train, "rounds": config.rounds, "objects_per_step": config.objects_per_step,
                    "lr": config.lr, "epochs": config.epochs, "focal_weight": config.focal_weight,
                    "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule,
                    "training_crop_overlap": args.overlap,
