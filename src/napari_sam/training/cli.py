@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Fine-tune SAM on image / instance-label pairs with simulated clicks (11 rounds per "
             "object; 3 with --recipe fast). Images and labels are matched by file name: two folders "
-            "with the same names, or one folder with X_image.tif + X_labels.tif. Stacks give one sample per plane. "
+            "with the same names, or one folder with X_image.tif + X_labels.tif. Stacks give one "
+            "sample per plane. "
             "Writes the best model (by validation IoU) to --out and the training state beside it "
             "(model.pt -> model.state.pt), which --resume continues from. Ctrl+C stops after the current step "
             "and keeps a resumable state."
@@ -62,10 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"lr": "lr", "val_fraction": "val_fraction", "objects_per_step": "objects_per_step",
-             "lora_rank": "lora_rank", "seed": "seed", "focal_weight": "focal_weight",
-             "loss_resolution": "loss_resolution", "rounds": "rounds", "device": "device", "tile_large_planes": "tile_large_planes"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    names = ("lr", "val_fraction", "objects_per_step", "lora_rank", "seed", "focal_weight", "loss_resolution",
+             "rounds", "device", "tile_large_planes")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 class _Progress:
