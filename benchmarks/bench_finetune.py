@@ -4,7 +4,8 @@ Trains on the A9 and 17P1 images, validates on the 20P1 images (held out by plat
 the bundled default model, on this CPU, with at most ``--minutes`` of training. Images are
 cut into crops of the model's input size (native resolution, as tiled inference sees them).
 
-    python benchmarks/bench_finetune.py --base default --minutes 10 --out docs/finetune_bbbc007.json
+    python benchmarks/bench_finetune.py --base default --minutes 10 --epochs 20 --recipe fast \
+        --out docs/finetune_bbbc007_fast.json
 """
 
 from __future__ import annotations
