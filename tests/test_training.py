@@ -281,6 +281,10 @@ def test_text_training_has_text_rounds_learns_the_projection_and_validates_text(
 
     result = trainer.validate()
     assert 0.0 <= result["text_miou"] <= 1.0
+    if any(len(set(sample.classes.values())) > 1 for sample in samples):
+        assert 0.0 <= result["text_miou_mixed"] <= 1.0
+    else:
+        assert "text_miou_mixed" not in result
     assert result["score"] == pytest.approx((result["point_miou"] + result["box_miou"] + result["text_miou"]) / 3)
 
 

@@ -89,6 +89,7 @@ class _Progress:
                 f"epoch {event['epoch'] + 1}: loss {event['loss']:.4f}, validation mIoU point "
                 f"{val['point_miou']:.3f} box {val['box_miou']:.3f}"
                 + (f" text {val['text_miou']:.3f}" if "text_miou" in val else "")
+                + (f" (two-kind images {val['text_miou_mixed']:.3f})" if "text_miou_mixed" in val else "")
                 + f" ({val['objects']} objects)"
             )
         else:

@@ -53,6 +53,8 @@ DEFAULT_TRAINING = {
     "focal_weight": 0.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
     "checkpoint_every": 200, "seed": 0,
 }
+STAGE0_IMAGES = 1200  # two-kind images for the encoder's kind pre-training (stage 0)
+STAGE0_SEED = 1
 STAGE1_IMAGES = 300
 TRAINING_IMAGES = 600
 IMAGE_SHAPE = (128, 128)
@@ -97,6 +99,63 @@ def training_images(
     return images, labels, classes
 
 
+def patch_kinds(labels, classes, patch: int, min_pixels: int) -> "np.ndarray":
+    """Per ``patch`` x ``patch`` cell of ``labels``: 1 + the index in ``KINDS`` of the kind
+    with the most pixels there, or 0 (background) when it has fewer than ``min_pixels``."""
+    import numpy as np
+
+    from ..synthetic import KINDS
+
+    kind_of_label = np.zeros(int(labels.max()) + 1, np.int64)
+    for label, kind in classes.items():
+        kind_of_label[int(label)] = 1 + KINDS.index(kind)
+    kinds = kind_of_label[labels]
+    rows, cols = labels.shape[0] // patch, labels.shape[1] // patch
+    cells = kinds[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3)
+    counts = np.stack([(cells == k).sum(axis=(-2, -1)) for k in range(len(KINDS) + 1)], axis=-1)
+    counts[..., 0] = 0
+    best = counts.argmax(axis=-1)
+    return np.where(counts.max(axis=-1) >= min_pixels, best, 0)
+
+
+def pretrain_encoder_on_kinds(sam, steps: int, seed: int = 0, log=print) -> None:
+    """Stage 0: teach the image encoder which kind of object each embedding cell shows.
+
+    SAM's decoder has no attention among image positions, so a text prompt alone can pick
+    out one kind only if the encoder's embedding already tells the kinds apart; gradients
+    from text rounds reach the encoder only through the decoder and taught it too little
+    (docs/models.md, "Text alone: what was tried"). A temporary linear head on the embedding
+    is trained with the encoder on the generator's per-object kinds (cross-entropy per
+    embedding cell), then discarded.
+    """
+    import numpy as np
+
+    from ..imaging import to_rgb_uint8
+    from ..synthetic import KINDS
+
+    images, labels, classes = training_images(count=STAGE0_IMAGES, seed=STAGE0_SEED, mixed_fraction=1.0)
+    stride = sam.image_size // sam.prompt_encoder.image_embedding_size[0]
+    pixels = torch.stack([sam.preprocess(torch.as_tensor(to_rgb_uint8(image)).permute(2, 0, 1).float()[None])[0]
+                          for image in images])
+    targets = torch.as_tensor(np.stack([patch_kinds(lab, cls, stride, stride * stride // 8)
+                                        for lab, cls in zip(labels, classes)]))
+    torch.manual_seed(seed)
+    head = torch.nn.Conv2d(int(sam.prompt_encoder.embed_dim), len(KINDS) + 1, 1)
+    params = list(sam.image_encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    sam.train()
+    for step in range(steps):
+        batch = torch.randint(0, len(images), (8,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(head(sam.image_encoder(pixels[batch])), targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 500 == 0:
+            log(f"stage 0 step {step + 1}/{steps} kind loss {float(loss.detach()):.4f}")
+    sam.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
@@ -125,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="focal gamma of the text-only rounds (0: cross-entropy)")
     parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
                         help="share of stage-2 images with several object kinds")
+    parser.add_argument("--kind-steps", type=int, default=0,
+                        help="stage-0 steps teaching the encoder object kinds (0: no stage 0)")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
@@ -154,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     # `touch <out>.stop` ends the run cleanly: the best model so far is saved.
     stop_file = args.out.with_suffix(".stop")
     stop_file.unlink(missing_ok=True)
+
+    if args.kind_steps:
+        pretrain_encoder_on_kinds(sam, args.kind_steps, log=lambda line: print(line, flush=True))
 
     # Stage 1: boxes on fluorescence nuclei until the decoder has learnt to localise.
     nuclei = [generate(IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=i) for i in range(STAGE1_IMAGES)]

@@ -631,9 +631,11 @@ class Trainer:
         When text is trained and the validation images have object kinds, also
         ``text_miou``: the mean IoU of the mask from a kind's name alone against the union
         of that kind's objects, over the kinds present in each image; ``score`` is then
-        the mean of the three.
+        the mean of the three. ``text_miou_mixed`` is the same over images with two or more
+        kinds only: in a one-kind image the kind's name asks for the whole foreground, which
+        a model that cannot tell kinds apart also gets right.
         """
-        point_ious, box_ious, text_ious = [], [], []
+        point_ious, box_ious, text_ious, mixed_text_ious = [], [], [], []
         for index in range(len(self.val_set)):
             prepared: Prepared = self.val_set.prepared(index)
             ids = prepared.object_ids[: self.config.val_max_objects]
@@ -659,7 +661,10 @@ class Trainer:
                 logits, _ = self.sam.decode(embedding, boxes=boxes, multimask=False)
                 box_ious += mask_iou(self._masks_at_input(logits, shape), target).flatten().tolist()
             if self.phrases is not None and prepared.classes:
-                text_ious += self._validate_text(embedding, prepared)
+                ious = self._validate_text(embedding, prepared)
+                text_ious += ious
+                if len(ious) > 1:
+                    mixed_text_ious += ious
         if not point_ious:
             raise ValueError("no validation object is large enough (min_object_pixels)")
         point, box = float(np.mean(point_ious)), float(np.mean(box_ious))
@@ -667,6 +672,8 @@ class Trainer:
         if text_ious:
             result["text_miou"] = float(np.mean(text_ious))
             result["score"] = (point + box + result["text_miou"]) / 3
+        if mixed_text_ious:
+            result["text_miou_mixed"] = float(np.mean(mixed_text_ious))
         return result
 
     def _validate_text(self, embedding: torch.Tensor, prepared: Prepared) -> list[float]:
