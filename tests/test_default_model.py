@@ -97,3 +97,35 @@ def test_a_fine_tune_can_start_from_it(tmp_path):
     tuned = load_model(tmp_path / "tuned.pt")
     assert tuned.metadata["base_model"] == "default"
     assert result.best is not None and result.best["box_miou"] > 0.5
+
+
+def test_patch_kinds_takes_the_commonest_kind_of_each_cell_or_background():
+    from napari_sam.synthetic import KINDS
+    from napari_sam.training.default_model import patch_kinds
+
+    labels = np.zeros((16, 24), np.int64)
+    labels[0:8, 0:8] = 1  # a whole cell of label 1
+    labels[8:10, 8:16] = 2  # 16 pixels of label 2: enough
+    labels[8:9, 16:20] = 3  # 4 pixels of label 3: too few, background
+    labels[0:3, 16:24], labels[3:8, 16:24] = 1, 2  # 24 px of kind "nucleus" vs 40 of "elongated cell"
+    classes = {1: "nucleus", 2: "elongated cell", 3: "small spot"}
+    nucleus, rod = 1 + KINDS.index("nucleus"), 1 + KINDS.index("elongated cell")
+    np.testing.assert_array_equal(patch_kinds(labels, classes, 8, 8), [[nucleus, 0, rod], [0, rod, 0]])
+
+
+def test_stage_zero_trains_the_encoder_on_object_kinds():
+    import torch
+
+    from napari_sam.model import build_sam
+    from napari_sam.training.default_model import DEFAULT_ARCHITECTURE, pretrain_encoder_on_kinds
+
+    torch.manual_seed(0)
+    sam = build_sam({**DEFAULT_ARCHITECTURE, "text_dim": 0})
+    encoder = {k: v.clone() for k, v in sam.image_encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in sam.mask_decoder.state_dict().items()}
+    lines = []
+    pretrain_encoder_on_kinds(sam, steps=10, images=4, log=lines.append, log_every=5)
+    assert len(lines) == 2 and all("kind loss" in line for line in lines)
+    assert any(not torch.equal(encoder[k], v) for k, v in sam.image_encoder.state_dict().items())
+    assert all(torch.equal(decoder[k], v) for k, v in sam.mask_decoder.state_dict().items())  # encoder only
+    assert not sam.training

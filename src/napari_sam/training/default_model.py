@@ -118,7 +118,9 @@ def patch_kinds(labels, classes, patch: int, min_pixels: int) -> "np.ndarray":
     return np.where(counts.max(axis=-1) >= min_pixels, best, 0)
 
 
-def pretrain_encoder_on_kinds(sam, steps: int, seed: int = 0, log=print) -> None:
+def pretrain_encoder_on_kinds(
+    sam, steps: int, seed: int = 0, log=print, images: int = STAGE0_IMAGES, log_every: int = 500
+) -> None:
     """Stage 0: teach the image encoder which kind of object each embedding cell shows.
 
     SAM's decoder has no attention among image positions, so a text prompt alone can pick
@@ -133,7 +135,7 @@ def pretrain_encoder_on_kinds(sam, steps: int, seed: int = 0, log=print) -> None
     from ..imaging import to_rgb_uint8
     from ..synthetic import KINDS
 
-    images, labels, classes = training_images(count=STAGE0_IMAGES, seed=STAGE0_SEED, mixed_fraction=1.0)
+    images, labels, classes = training_images(count=images, seed=STAGE0_SEED, mixed_fraction=1.0)
     stride = sam.image_size // sam.prompt_encoder.image_embedding_size[0]
     pixels = torch.stack([sam.preprocess(torch.as_tensor(to_rgb_uint8(image)).permute(2, 0, 1).float()[None])[0]
                           for image in images])
@@ -151,7 +153,7 @@ def pretrain_encoder_on_kinds(sam, steps: int, seed: int = 0, log=print) -> None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % 500 == 0:
+        if (step + 1) % log_every == 0:
             log(f"stage 0 step {step + 1}/{steps} kind loss {float(loss.detach()):.4f}")
     sam.eval()
 
