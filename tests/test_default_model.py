@@ -124,7 +124,7 @@ def test_stage_zero_trains_the_encoder_on_object_kinds():
     encoder = {k: v.clone() for k, v in sam.image_encoder.state_dict().items()}
     decoder = {k: v.clone() for k, v in sam.mask_decoder.state_dict().items()}
     lines = []
-    pretrain_encoder_on_kinds(sam, steps=10, images=4, log=lines.append, log_every=5)
+    pretrain_encoder_on_kinds(sam, steps=10, image_count=4, log=lines.append, log_every=5)
     assert len(lines) == 2 and all("kind loss" in line for line in lines)
     assert any(not torch.equal(encoder[k], v) for k, v in sam.image_encoder.state_dict().items())
     assert all(torch.equal(decoder[k], v) for k, v in sam.mask_decoder.state_dict().items())  # encoder only

@@ -99,7 +99,7 @@ def training_images(
     return images, labels, classes
 
 
-def patch_kinds(labels, classes, patch: int, min_pixels: int) -> "np.ndarray":
+def patch_kinds(labels, classes, patch: int, min_pixels: int) -> np.ndarray:
     """Per ``patch`` x ``patch`` cell of ``labels``: 1 + the index in ``KINDS`` of the kind
     with the most pixels there, or 0 (background) when it has fewer than ``min_pixels``."""
     import numpy as np
@@ -119,7 +119,7 @@ def patch_kinds(labels, classes, patch: int, min_pixels: int) -> "np.ndarray":
 
 
 def pretrain_encoder_on_kinds(
-    sam, steps: int, seed: int = 0, log=print, images: int = STAGE0_IMAGES, log_every: int = 500
+    sam, steps: int, seed: int = 0, log=print, image_count: int = STAGE0_IMAGES, log_every: int = 500
 ) -> None:
     """Stage 0: teach the image encoder which kind of object each embedding cell shows.
 
@@ -135,7 +135,7 @@ def pretrain_encoder_on_kinds(
     from ..imaging import to_rgb_uint8
     from ..synthetic import KINDS
 
-    images, labels, classes = training_images(count=images, seed=STAGE0_SEED, mixed_fraction=1.0)
+    images, labels, classes = training_images(count=image_count, seed=STAGE0_SEED, mixed_fraction=1.0)
     stride = sam.image_size // sam.prompt_encoder.image_embedding_size[0]
     pixels = torch.stack([sam.preprocess(torch.as_tensor(to_rgb_uint8(image)).permute(2, 0, 1).float()[None])[0]
                           for image in images])
