@@ -26,6 +26,10 @@ from napari_sam.training import RECIPES, TrainConfig
 from napari_sam.training.data import SampleSet, samples_from_arrays, tile_samples
 from napari_sam.training.trainer import Trainer
 
+# The TrainConfig fields written into the report.
+REPORTED_CONFIG = ("train", "rounds", "objects_per_step", "lr", "epochs", "focal_weight", "dice_weight", "iou_weight",
+                   "schedule", "box_probability", "loss_resolution")
+
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval")) / "bbbc007"
 
 
@@ -117,11 +121,8 @@ def main() -> None:
         "train": f"A9 + 17P1 plates (9 images, {len(train_samples)} crops)",
         "validation": f"20P1 plate (5 images, {len(val_samples)} crops)", "tile": tile,
         "threads": torch.get_num_threads(),
-        "config": {"recipe": args.recipe, "train": config.train, "rounds": config.rounds,
-                   "objects_per_step": config.objects_per_step, "lr": config.lr, "epochs": config.epochs, "focal_weight": config.focal_weight,
-                   "dice_weight": config.dice_weight, "iou_weight": config.iou_weight, "schedule": config.schedule,
-                   "training_crop_overlap": args.overlap,
-                   "box_probability": config.box_probability, "loss_resolution": config.loss_resolution},
+        "config": {"recipe": args.recipe, "training_crop_overlap": args.overlap,
+                   **{name: getattr(config, name) for name in REPORTED_CONFIG}},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }
