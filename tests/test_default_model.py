@@ -101,7 +101,7 @@ def test_a_fine_tune_can_start_from_it(tmp_path):
 
 def test_patch_kinds_takes_the_commonest_kind_of_each_cell_or_background():
     from napari_sam.synthetic import KINDS
-    from napari_sam.training.default_model import patch_kinds
+    from napari_sam.training.data import patch_kinds
 
     labels = np.zeros((16, 24), np.int64)
     labels[0:8, 0:8] = 1  # a whole cell of label 1
@@ -110,7 +110,9 @@ def test_patch_kinds_takes_the_commonest_kind_of_each_cell_or_background():
     labels[0:3, 16:24], labels[3:8, 16:24] = 1, 2  # 24 px of kind "nucleus" vs 40 of "elongated cell"
     classes = {1: "nucleus", 2: "elongated cell", 3: "small spot"}
     nucleus, rod = 1 + KINDS.index("nucleus"), 1 + KINDS.index("elongated cell")
-    np.testing.assert_array_equal(patch_kinds(labels, classes, 8, 8), [[nucleus, 0, rod], [0, rod, 0]])
+    np.testing.assert_array_equal(patch_kinds(labels, classes, KINDS, 8, 8), [[nucleus, 0, rod], [0, rod, 0]])
+    # a kind not asked for counts as background: the third cell's 24 nucleus pixels now win
+    np.testing.assert_array_equal(patch_kinds(labels, classes, ("nucleus",), 8, 8), [[1, 0, 1], [0, 0, 0]])
 
 
 def test_stage_zero_trains_the_encoder_on_object_kinds():

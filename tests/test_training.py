@@ -245,16 +245,22 @@ def test_named_recipes():
         TrainConfig.recipe("quick")
 
 
-def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
+def _two_kind_samples(count: int = 2) -> list[Sample]:
     from napari_sam.imaging import to_rgb_uint8
     from napari_sam.synthetic import generate
-    from napari_sam.text import TEXT_DIM
 
     samples = []
-    for seed in range(2):
+    for seed in range(count):
         image = generate((64, 64), kinds=("nucleus", "elongated cell"), size_range=(8, 14), seed=seed)
         classes = {int(k): str(v) for k, v in image.classes.items()}
         samples.append(Sample(to_rgb_uint8(image.image), image.labels.astype(np.int64), f"kinds[{seed}]", classes))
+    return samples
+
+
+def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
+    from napari_sam.text import TEXT_DIM
+
+    samples = _two_kind_samples()
     torch.manual_seed(0)
     sam = build_sam({**TINY, "text_dim": TEXT_DIM})
     config = TrainConfig(train="decoder+prompt", text_probability=1.0, rounds=2, objects_per_step=2, lr=1e-3,
@@ -286,6 +292,36 @@ def test_text_training_has_text_rounds_learns_the_projection_and_validates_text(
     else:
         assert "text_miou_mixed" not in result
     assert result["score"] == pytest.approx((result["point_miou"] + result["box_miou"] + result["text_miou"]) / 3)
+
+
+def test_kind_loss_teaches_the_encoder_object_kinds_and_resumes(tmp_path):
+    from napari_sam.text import TEXT_DIM
+
+    samples = _two_kind_samples()
+    with pytest.raises(ValueError, match="kind_weight > 0 needs text"):
+        Trainer(tiny_sam(), TrainConfig(train="all", kind_weight=1.0), SampleSet(samples, 64), samples)
+    torch.manual_seed(0)
+    sam = build_sam({**TINY, "text_dim": TEXT_DIM})
+    config = TrainConfig(train="all", text_probability=0.0001, kind_weight=1.0, rounds=1, objects_per_step=8,
+                         lr=3e-3, warmup_max_steps=1, schedule="constant")
+    trainer = Trainer(sam, config, SampleSet(samples, 64), samples, state_path=tmp_path / "state.pt")
+    assert trainer.kind_head.out_channels == len(trainer.phrases.kinds()) + 1
+    encoder = sam.image_encoder.patch_embed.proj.weight.detach().clone()
+    step = data_mod.Step(0, ())
+    losses = [trainer.train_step(step, np.random.default_rng(i))["kind_loss"] for i in range(25)]
+    assert not torch.equal(encoder, sam.image_encoder.patch_embed.proj.weight)  # the loss reaches the encoder
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+    trainer.save_state()
+    state = load_train_state(tmp_path / "state.pt")
+    assert set(state["kind_head"]) == {"weight", "bias"}
+    torch.manual_seed(0)
+    again = Trainer(build_sam({**TINY, "text_dim": TEXT_DIM}), config, SampleSet(samples, 64), samples)
+    again.sam.load_state_dict(sam.state_dict())
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.kind_head.weight, trainer.kind_head.weight)
+    # the kind head is the trainer's, never part of the model
+    assert not any("kind" in name for name in sam.state_dict())
 
 
 # --- data ------------------------------------------------------------------------------

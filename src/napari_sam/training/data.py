@@ -305,6 +305,30 @@ class Prepared:
     classes: dict[int, str] | None = None  # label id -> object kind, for text prompts
 
 
+def patch_kinds(
+    labels: np.ndarray, classes: dict[int, str], kinds: Sequence[str], patch: int, min_pixels: int | None = None
+) -> np.ndarray:
+    """The object kind of each ``patch`` x ``patch`` cell of ``labels`` (an embedding cell).
+
+    ``1 + kinds.index(kind)`` for the kind with the most pixels in the cell, or 0
+    (background) when it has fewer than ``min_pixels`` (default: an eighth of the cell).
+    Objects of a kind not in ``kinds`` count as background. Returns ``(h // patch, w // patch)``
+    int64; a partial last row or column of cells is left out.
+    """
+    if min_pixels is None:
+        min_pixels = max(1, patch * patch // 8)
+    kind_of_label = np.zeros(int(labels.max()) + 1, np.int64)
+    for label, kind in classes.items():
+        if kind in kinds and 0 < int(label) < kind_of_label.size:
+            kind_of_label[int(label)] = 1 + list(kinds).index(kind)
+    per_pixel = kind_of_label[labels]
+    rows, cols = labels.shape[0] // patch, labels.shape[1] // patch
+    cells = per_pixel[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3)
+    counts = np.stack([(cells == k).sum(axis=(-2, -1)) for k in range(len(kinds) + 1)], axis=-1)
+    counts[..., 0] = 0
+    return np.where(counts.max(axis=-1) >= min_pixels, counts.argmax(axis=-1), 0)
+
+
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label image to ``shape``, sampling at pixel centres."""
     height, width = labels.shape

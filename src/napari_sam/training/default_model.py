@@ -99,25 +99,6 @@ def training_images(
     return images, labels, classes
 
 
-def patch_kinds(labels, classes, patch: int, min_pixels: int) -> np.ndarray:
-    """Per ``patch`` x ``patch`` cell of ``labels``: 1 + the index in ``KINDS`` of the kind
-    with the most pixels there, or 0 (background) when it has fewer than ``min_pixels``."""
-    import numpy as np
-
-    from ..synthetic import KINDS
-
-    kind_of_label = np.zeros(int(labels.max()) + 1, np.int64)
-    for label, kind in classes.items():
-        kind_of_label[int(label)] = 1 + KINDS.index(kind)
-    kinds = kind_of_label[labels]
-    rows, cols = labels.shape[0] // patch, labels.shape[1] // patch
-    cells = kinds[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch).transpose(0, 2, 1, 3)
-    counts = np.stack([(cells == k).sum(axis=(-2, -1)) for k in range(len(KINDS) + 1)], axis=-1)
-    counts[..., 0] = 0
-    best = counts.argmax(axis=-1)
-    return np.where(counts.max(axis=-1) >= min_pixels, best, 0)
-
-
 def pretrain_encoder_on_kinds(
     sam, steps: int, seed: int = 0, log=print, image_count: int = STAGE0_IMAGES, log_every: int = 500
 ) -> None:
@@ -134,13 +115,13 @@ def pretrain_encoder_on_kinds(
 
     from ..imaging import to_rgb_uint8
     from ..synthetic import KINDS
+    from .data import patch_kinds
 
     images, labels, classes = training_images(count=image_count, seed=STAGE0_SEED, mixed_fraction=1.0)
     stride = sam.image_size // sam.prompt_encoder.image_embedding_size[0]
     pixels = torch.stack([sam.preprocess(torch.as_tensor(to_rgb_uint8(image)).permute(2, 0, 1).float()[None])[0]
                           for image in images])
-    targets = torch.as_tensor(np.stack([patch_kinds(lab, cls, stride, stride * stride // 8)
-                                        for lab, cls in zip(labels, classes)]))
+    targets = torch.as_tensor(np.stack([patch_kinds(lab, cls, KINDS, stride) for lab, cls in zip(labels, classes)]))
     torch.manual_seed(seed)
     head = torch.nn.Conv2d(int(sam.prompt_encoder.embed_dim), len(KINDS) + 1, 1)
     params = list(sam.image_encoder.parameters()) + list(head.parameters())
@@ -188,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of stage-2 images with several object kinds")
     parser.add_argument("--kind-steps", type=int, default=0,
                         help="stage-0 steps teaching the encoder object kinds (0: no stage 0)")
+    parser.add_argument("--kind-weight", type=float, default=DEFAULT_TRAINING.get("kind_weight", 0.0),
+                        help="stage-2 weight of the auxiliary kind loss on the embedding (0: off)")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
     architecture = {**DEFAULT_ARCHITECTURE, **args.architecture}
     stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability,
               "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight,
-              "text_focal_alpha": args.text_focal_alpha, "text_focal_gamma": args.text_focal_gamma}
+              "text_focal_alpha": args.text_focal_alpha, "text_focal_gamma": args.text_focal_gamma,
+              "kind_weight": args.kind_weight}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,14 @@ class TrainConfig:
         The text-only rounds' focal alpha and gamma (default: ``focal_alpha``,
         ``focal_gamma``); 0.5 and 0 make the term plain (halved) binary cross-entropy, which
         does not favour the background as SAM's 0.25 does when a kind is hard to tell apart.
+    kind_weight : float
+        Weight of an auxiliary loss that keeps object kinds in the image embedding, for
+        text alone (needs ``train="all"`` and text, ``text_probability > 0``): a temporary
+        linear head on the embedding names the kind of each embedding cell (background or
+        one of the text kinds; :func:`.data.patch_kinds`), cross-entropy. SAM's decoder
+        has no attention among image positions, so the mask from a kind's name alone can
+        follow the kind only where the embedding tells it; the head is not part of the
+        saved model. 0: off.
     loss_resolution : "low" or "input"
         Where the mask loss and the IoU head's target IoU are computed: on the low-res
         logit grid against area-downsampled targets (``"low"``, 4x coarser than the input),
@@ -166,6 +174,7 @@ class TrainConfig:
     text_focal_gamma: float | None = None
     tile_large_planes: bool = True
     loss_resolution: str = "low"
+    kind_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -177,6 +186,8 @@ class TrainConfig:
         for name in ("epochs", "objects_per_step", "rounds", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kind_weight < 0:
+            raise ValueError(f"kind_weight must be >= 0, got {self.kind_weight}")
         if not 0 <= self.box_probability <= 1:
             raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
         self.betas = tuple(self.betas)
@@ -398,11 +409,19 @@ class Trainer:
             from .text_prompts import PhraseBank
 
             self.phrases = PhraseBank(device=self.device)
+        self.kind_head = None
+        if config.kind_weight > 0:
+            if self.phrases is None or not self.encoder_trained:
+                raise ValueError("kind_weight > 0 needs text (text_probability > 0) and a trained encoder (train='all')")
+            # One logit per text kind and one for background, on each embedding cell.
+            self.kind_head = torch.nn.Conv2d(int(self.sam.prompt_encoder.embed_dim), len(self.phrases.kinds()) + 1, 1)
+            self.kind_head.to(self.device)
 
         self.steps_per_epoch = max(1, train_set.steps_per_epoch(config.objects_per_step))
         self.total_steps = config.epochs * self.steps_per_epoch
+        head_params = list(self.kind_head.parameters()) if self.kind_head is not None else []
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            self.params + head_params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.total_steps))
         self.step = 0
@@ -430,6 +449,9 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "best_trainable": self.best_params,
+            "kind_head": None if self.kind_head is None else {
+                k: v.detach().cpu().clone() for k, v in self.kind_head.state_dict().items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -447,6 +469,10 @@ class Trainer:
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 named[name].copy_(value)
+        if self.kind_head is not None:
+            if state.get("kind_head") is None:
+                raise ValueError("the training state has no kind head; resume with the same kind_weight")
+            self.kind_head.load_state_dict(state["kind_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # The LR follows this run's schedule, which differs from the saved one only when
@@ -579,6 +605,7 @@ class Trainer:
             last_mask_loss = float(loss.mask.detach())
 
         text_only_loss = self._text_only_rounds(embedding, augmented, rng) if use_text else float("nan")
+        kind_loss = self._kind_loss(embedding, augmented) if self.kind_head is not None else float("nan")
 
         if self.encoder_trained:
             encoder_output.backward(embedding.grad)
@@ -594,6 +621,7 @@ class Trainer:
             "objects": int(batch),
             "box_first": first_is_box,
             "text_only_loss": text_only_loss,
+            "kind_loss": kind_loss,
         }
 
     def _text_only_rounds(self, embedding: torch.Tensor, prepared: Prepared, rng: np.random.Generator) -> float:
@@ -619,6 +647,20 @@ class Trainer:
             mask_input = logits.detach()
             losses.append(float(loss.total.detach()))
         return float(np.mean(losses))
+
+    def _kind_loss(self, embedding: torch.Tensor, prepared: Prepared) -> float:
+        """The auxiliary kind loss (``config.kind_weight``) on one embedding; back-propagated."""
+        if not prepared.classes:
+            return float("nan")
+        stride = self.sam.image_size // embedding.shape[-1]
+        cells = data_mod.patch_kinds(prepared.labels, prepared.classes, self.phrases.kinds(), stride)
+        if cells.size == 0:
+            return float("nan")
+        target = torch.from_numpy(cells).to(self.device)[None]
+        logits = self.kind_head(embedding)[..., : cells.shape[0], : cells.shape[1]]
+        loss = F.cross_entropy(logits, target)
+        (self.config.kind_weight * loss).backward()
+        return float(loss.detach())
 
     # -- validation -------------------------------------------------------------------
 
