@@ -48,11 +48,15 @@ STAGE1_TRAINING = {
     "val_max_objects": 20, "seed": 0,
 }
 DEFAULT_TRAINING = {
-    "train": "all", "epochs": 8, "lr": 5e-4, "weight_decay": 0.05, "warmup_max_steps": 20, "schedule": "cosine",
+    "train": "all", "epochs": 16, "lr": 5e-4, "weight_decay": 0.05, "warmup_max_steps": 20, "schedule": "cosine",
     "objects_per_step": 8, "rounds": 2, "box_probability": 0.5, "text_probability": 0.5,
     "focal_weight": 0.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
+    # The kinds stay in the embedding (stage 0 put them there); losses at the input's
+    # resolution teach edges finer than the 4-pixel low-res grid.
+    "kind_weight": 1.0, "loss_resolution": "input",
     "checkpoint_every": 200, "seed": 0,
 }
+STAGE0_STEPS = 4000  # the encoder's kind pre-training (stage 0): steps of 8 images
 STAGE0_IMAGES = 1200  # two-kind images for the encoder's kind pre-training (stage 0)
 STAGE0_SEED = 1
 STAGE1_IMAGES = 300
@@ -167,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="focal gamma of the text-only rounds (0: cross-entropy)")
     parser.add_argument("--mixed-fraction", type=float, default=MIXED_FRACTION,
                         help="share of stage-2 images with several object kinds")
-    parser.add_argument("--kind-steps", type=int, default=0,
+    parser.add_argument("--kind-steps", type=int, default=STAGE0_STEPS,
                         help="stage-0 steps teaching the encoder object kinds (0: no stage 0)")
-    parser.add_argument("--kind-weight", type=float, default=DEFAULT_TRAINING.get("kind_weight", 0.0),
+    parser.add_argument("--kind-weight", type=float, default=DEFAULT_TRAINING["kind_weight"],
                         help="stage-2 weight of the auxiliary kind loss on the embedding (0: off)")
+    parser.add_argument("--loss-resolution", choices=("low", "input"),
+                        default=DEFAULT_TRAINING["loss_resolution"],
+                        help="stage-2 loss on the low-res logits or at the model input's resolution")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     stage2 = {**DEFAULT_TRAINING, "epochs": args.epochs, "text_probability": args.text_probability,
               "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight,
               "text_focal_alpha": args.text_focal_alpha, "text_focal_gamma": args.text_focal_gamma,
-              "kind_weight": args.kind_weight}
+              "kind_weight": args.kind_weight, "loss_resolution": args.loss_resolution}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
