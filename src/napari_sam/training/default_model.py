@@ -3,7 +3,7 @@
     python -m napari_sam.training.default_model --out src/napari_sam/weights/default.pt
 
 Everything is seeded (weights, images, prompts), so the same command on the same
-software gives the same model (single-threaded: about 22 minutes on one core here). The
+software gives the same model (single-threaded: about 45 minutes on one core here). The
 architecture is SAM's, made compact for CPUs (``DEFAULT_ARCHITECTURE``): a 2-block, 64-wide
 ViT on 8x8 patches of a 128-pixel input (16x16 embedding grid, windowed attention with one
 global block), a 64-wide prompt encoder and mask decoder, and a text path from the offline
