@@ -608,7 +608,7 @@ def test_unknown_and_empty_text_become_notifications(start, qtbot, text_model, m
     assert not widget.candidates
 
 
-@pytest.mark.xfail(strict=True, reason="text alone: IoU 0.42 for nuclei, below target; see tests/test_text.py")
+@pytest.mark.xfail(strict=True, reason="text alone is below the 0.7 target; see tests/test_text.py")
 def test_text_nucleus_previews_the_nuclei_of_a_fluorescence_image(start, qtbot, default_model):
     from napari_sam.synthetic import generate
 
