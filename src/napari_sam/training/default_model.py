@@ -52,7 +52,7 @@ DEFAULT_TRAINING = {
     "objects_per_step": 8, "rounds": 2, "box_probability": 0.5, "text_probability": 0.5,
     "focal_weight": 0.0, "dice_weight": 1.0, "val_fraction": 0.03, "val_max_objects": 32,
     # The kinds stay in the embedding (stage 0 put them there); losses at the input's
-    # resolution teach edges finer than the 4-pixel low-res grid.
+    # resolution teach edges finer than the low-res grid (2 input pixels per logit).
     "kind_weight": 1.0, "loss_resolution": "input",
     "checkpoint_every": 200, "seed": 0,
 }

@@ -125,7 +125,8 @@ class TrainConfig:
         saved model. 0: off.
     loss_resolution : "low" or "input"
         Where the mask loss and the IoU head's target IoU are computed: on the low-res
-        logit grid against area-downsampled targets (``"low"``, 4x coarser than the input),
+        logit grid against area-downsampled targets (``"low"``; 4x coarser than the input for
+        16-px patches as in SAM, 2x for the default model's 8-px patches),
         or on the logits bilinearly upsampled to the model input against the full-resolution
         masks (``"input"``, as predictions are used; teaches edges finer than a low-res
         pixel, which matters for objects only a few low-res pixels wide).
