@@ -69,7 +69,7 @@ def test_segments_generated_nuclei_from_one_point_and_from_a_box(predictor):
         mask = sample.labels == label
         point_ious.append(iou(predictor.predict(points=[_centre(mask)]).best, mask))
         box_ious.append(iou(predictor.predict(box=_box(mask)).best, mask))
-    # The targets; measured: point 0.90, box 0.91.
+    # The targets; measured: point 0.90, box 0.92.
     assert np.mean(point_ious) >= 0.8, point_ious
     assert np.mean(box_ious) >= 0.85, box_ious
 
@@ -79,7 +79,7 @@ def test_sixteen_bit_images_work_as_well(predictor):
     predictor.set_plane(sample.image)
     ious = [iou(predictor.predict(box=_box(sample.labels == label)).best, sample.labels == label)
             for label in np.unique(sample.labels)[1:12]]
-    assert np.mean(ious) >= 0.65  # measured 0.83
+    assert np.mean(ious) >= 0.65  # measured 0.81
 
 
 def test_a_fine_tune_can_start_from_it(tmp_path):
