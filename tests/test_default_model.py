@@ -131,3 +131,44 @@ def test_stage_zero_trains_the_encoder_on_object_kinds():
     assert any(not torch.equal(encoder[k], v) for k, v in sam.image_encoder.state_dict().items())
     assert all(torch.equal(decoder[k], v) for k, v in sam.mask_decoder.state_dict().items())  # encoder only
     assert not sam.training
+
+
+def test_stage_three_set_makes_every_kind_as_common_as_nuclei():
+    from napari_sam.synthetic import KINDS
+    from napari_sam.training.default_model import BALANCED_KINDS, balanced_images
+
+    images, labels, classes = balanced_images(count=2 * len(BALANCED_KINDS), seed=5)
+    assert len(images) == len(labels) == len(classes) == 12
+    with_kind = {kind: sum(kind in set(c.values()) for c in classes) for kind in KINDS}
+    # rods as common as nuclei (in half of the images; stage 2: a fifth), cells in a third
+    # (a crowded image may hold no spot: the generator drops what does not fit)
+    assert with_kind["elongated cell"] == with_kind["nucleus"] == 6 and with_kind["cell"] == 4
+    for index, (image, label, kinds) in enumerate(zip(images, labels, classes)):
+        assert set(kinds.values()) <= set(BALANCED_KINDS[index % len(BALANCED_KINDS)])
+        assert image.shape == label.shape == (128, 128)
+        assert set(np.unique(label)[1:]) == set(kinds)  # every label has its kind
+
+
+def test_stage_three_starts_from_a_saved_stage_two_model(tmp_path, capsys):
+    import torch
+
+    from napari_sam import save_model
+    from napari_sam.model import build_sam
+    from napari_sam.text import TEXT_DIM
+    from napari_sam.training.default_model import main
+
+    torch.manual_seed(0)
+    tiny = {"encoder": "vit", "img_size": 128, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2,
+            "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [0], "prompt_embed_dim": 32,
+            "decoder_mlp_dim": 64, "text_dim": TEXT_DIM}
+    save_model(build_sam(tiny), tmp_path / "stage2.pt")
+    with pytest.raises(SystemExit):
+        main(["--from-stage2", str(tmp_path / "stage2.pt"), "--stage3-epochs", "0", "--out", str(tmp_path / "x.pt")])
+    assert "needs stage 3" in capsys.readouterr().err
+    main(["--from-stage2", str(tmp_path / "stage2.pt"), "--stage3-epochs", "1", "--stage3-images", "6",
+          "--out", str(tmp_path / "final.pt")])
+    model = load_model(tmp_path / "final.pt")
+    assert model.supports_text and model.metadata["name"] == "default"
+    assert "stage 3" in capsys.readouterr().out
+    before, after = load_model(tmp_path / "stage2.pt").state_dict(), model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # stage 3 trained it

@@ -56,6 +56,11 @@ DEFAULT_TRAINING = {
     "kind_weight": 1.0, "loss_resolution": "input",
     "checkpoint_every": 200, "seed": 0,
 }
+# Stage 3: a shorter, gentler pass over a set in which every kind is as common as
+# nuclei, so that rods (a fifth of stage 2's images) are segmented and named as well.
+STAGE3_TRAINING = {**DEFAULT_TRAINING, "epochs": 0, "lr": 2e-4, "seed": 3}  # 0: off (the shipped model has none yet)
+STAGE3_IMAGES = 360
+STAGE3_SEED = 3
 STAGE0_STEPS = 4000  # the encoder's kind pre-training (stage 0): steps of 8 images
 STAGE0_IMAGES = 1200  # two-kind images for the encoder's kind pre-training (stage 0)
 STAGE0_SEED = 1
@@ -103,6 +108,50 @@ def training_images(
     return images, labels, classes
 
 
+#: Stage 3's image kinds, drawn in turn so that each is equally common.
+BALANCED_KINDS = (
+    ("elongated cell",), ("nucleus", "elongated cell"), ("nucleus",), ("cell", "elongated cell"),
+    ("nucleus", "small spot"), ("cell",),
+)
+
+
+def balanced_images(count: int = STAGE3_IMAGES, seed: int = STAGE3_SEED):
+    """Stage 3's set: ``BALANCED_KINDS`` in turn (rods in half of the images), 8 and 16 bit,
+    with the nucleus sizes of ``training_images``'s size-varied share in a third of them."""
+    import numpy as np
+
+    from ..synthetic import generate
+
+    rng = np.random.default_rng(seed)
+    images, labels, classes = [], [], []
+    for index in range(count):
+        kinds = BALANCED_KINDS[index % len(BALANCED_KINDS)]
+        dtype = np.uint16 if rng.random() < 0.3 else np.uint8
+        size_range = None
+        if "nucleus" in kinds and rng.random() < 1 / 3:
+            centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
+            size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
+        sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, size_range=size_range,
+                          seed=[seed, index])
+        images.append(sample.image)
+        labels.append(sample.labels)
+        classes.append({int(k): str(v) for k, v in sample.classes.items()})
+    return images, labels, classes
+
+
+def as_samples(images, labels, classes, name: str):
+    """Training samples (RGB planes, labels, kind per label) from generated images."""
+    import numpy as np
+
+    from ..imaging import to_rgb_uint8
+    from .data import Sample
+
+    return [
+        Sample(to_rgb_uint8(image), np.asarray(label, np.int64), f"{name}[{i}]", kinds)
+        for i, (image, label, kinds) in enumerate(zip(images, labels, classes))
+    ]
+
+
 def pretrain_encoder_on_kinds(
     sam, steps: int, seed: int = 0, log=print, image_count: int = STAGE0_IMAGES, log_every: int = 500
 ) -> None:
@@ -144,13 +193,9 @@ def pretrain_encoder_on_kinds(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
-
-    from ..imaging import to_rgb_uint8
     from ..model import build_sam
-    from ..models import save_model
+    from ..models import load_model, save_model
     from ..synthetic import generate
-    from .data import Sample
     from .text_prompts import HELD_OUT_SYNONYMS, TRAINING_PHRASES
     from .trainer import TrainConfig, finetune
 
@@ -178,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-resolution", choices=("low", "input"),
                         default=DEFAULT_TRAINING["loss_resolution"],
                         help="stage-2 loss on the low-res logits or at the model input's resolution")
+    parser.add_argument("--stage3-epochs", type=int, default=STAGE3_TRAINING["epochs"],
+                        help="epochs of stage 3 on the kind-balanced set (0: no stage 3)")
+    parser.add_argument("--stage3-lr", type=float, default=STAGE3_TRAINING["lr"])
+    parser.add_argument("--stage3-kind-weight", type=float, default=STAGE3_TRAINING["kind_weight"])
+    parser.add_argument("--stage3-images", type=int, default=STAGE3_IMAGES, help="size of stage 3's balanced set")
+    parser.add_argument("--stage3-text-probability", type=float, default=STAGE3_TRAINING["text_probability"])
+    parser.add_argument("--from-stage2", type=Path, default=None,
+                        help="skip stages 0-2 and start stage 3 from this saved stage-2 model "
+                             "(a full run writes it beside --out as <name>.stage2.pt)")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
@@ -186,17 +240,16 @@ def main(argv: list[str] | None = None) -> int:
               "focal_weight": args.focal_weight, "text_focal_weight": args.text_focal_weight,
               "text_focal_alpha": args.text_focal_alpha, "text_focal_gamma": args.text_focal_gamma,
               "kind_weight": args.kind_weight, "loss_resolution": args.loss_resolution}
+    stage3 = {**STAGE3_TRAINING, "epochs": args.stage3_epochs, "lr": args.stage3_lr,
+              "kind_weight": args.stage3_kind_weight, "text_probability": args.stage3_text_probability,
+              "loss_resolution": args.loss_resolution}
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    # The encoder and decoder start from the weights of the text-less model built under
-    # seed 0, so adding the text path does not change their initialisation.
-    torch.manual_seed(0)
-    plain = build_sam({**architecture, "text_dim": 0})
-    torch.manual_seed(0)
-    sam = build_sam(architecture)
-    sam.load_state_dict(plain.state_dict(), strict=False)
+    # `touch <out>.stop` ends the run cleanly: the best model so far is saved.
+    stop_file = args.out.with_suffix(".stop")
+    stop_file.unlink(missing_ok=True)
 
     def log(event: dict) -> None:
         if event["event"] == "step" and event["step"] % 100 == 0:
@@ -205,26 +258,40 @@ def main(argv: list[str] | None = None) -> int:
         elif event["event"] in ("epoch", "done", "cancelled"):
             print(json.dumps({k: v for k, v in event.items() if k != "history"}, default=str), flush=True)
 
-    # `touch <out>.stop` ends the run cleanly: the best model so far is saved.
-    stop_file = args.out.with_suffix(".stop")
-    stop_file.unlink(missing_ok=True)
+    stage2_out = args.out.with_name(args.out.stem + ".stage2.pt") if args.stage3_epochs else args.out
+    if args.from_stage2 is not None:
+        if not args.stage3_epochs:
+            parser.error("--from-stage2 needs stage 3 (--stage3-epochs > 0)")
+        sam, result = load_model(args.from_stage2, device="cpu"), None
+    else:
+        # The encoder and decoder start from the weights of the text-less model built under
+        # seed 0, so adding the text path does not change their initialisation.
+        torch.manual_seed(0)
+        plain = build_sam({**architecture, "text_dim": 0})
+        torch.manual_seed(0)
+        sam = build_sam(architecture)
+        sam.load_state_dict(plain.state_dict(), strict=False)
 
-    if args.kind_steps:
-        pretrain_encoder_on_kinds(sam, args.kind_steps, log=lambda line: print(line, flush=True))
+        if args.kind_steps:
+            pretrain_encoder_on_kinds(sam, args.kind_steps, log=lambda line: print(line, flush=True))
 
-    # Stage 1: boxes on fluorescence nuclei until the decoder has learnt to localise.
-    nuclei = [generate(IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=i) for i in range(STAGE1_IMAGES)]
-    finetune([n.image for n in nuclei], [n.labels for n in nuclei], base=sam, config=TrainConfig(**STAGE1_TRAINING),
-             on_progress=log, cancel=stop_file.exists)
+        # Stage 1: boxes on fluorescence nuclei until the decoder has learnt to localise.
+        nuclei = [generate(IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=i)
+                  for i in range(STAGE1_IMAGES)]
+        finetune([n.image for n in nuclei], [n.labels for n in nuclei], base=sam,
+                 config=TrainConfig(**STAGE1_TRAINING), on_progress=log, cancel=stop_file.exists)
 
-    # Stage 2: the mixed set with object kinds: points and boxes, a corrective round, text.
-    images, labels, classes = training_images(mixed_fraction=args.mixed_fraction, size_variety=args.size_variety)
-    samples = [
-        Sample(to_rgb_uint8(image), np.asarray(label, np.int64), f"procedural[{i}]", kinds)
-        for i, (image, label, kinds) in enumerate(zip(images, labels, classes))
-    ]
-    result = finetune(samples, base=sam, out=args.out, config=TrainConfig(**stage2), on_progress=log,
-                      cancel=stop_file.exists)
+        # Stage 2: the mixed set with object kinds: points and boxes, a corrective round, text.
+        images, labels, classes = training_images(mixed_fraction=args.mixed_fraction, size_variety=args.size_variety)
+        result = finetune(as_samples(images, labels, classes, "procedural"), base=sam, out=stage2_out,
+                          config=TrainConfig(**stage2), on_progress=log, cancel=stop_file.exists)
+        sam = result.model
+
+    if args.stage3_epochs and (result is None or not result.cancelled):
+        # Stage 3: every kind as common as nuclei, at a lower learning rate.
+        print("stage 3", flush=True)
+        result = finetune(as_samples(*balanced_images(args.stage3_images), "balanced"), base=sam, out=args.out,
+                          config=TrainConfig(**stage3), on_progress=log, cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
     metadata.update(
         {
