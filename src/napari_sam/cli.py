@@ -112,6 +112,14 @@ def _cmd_segment(args) -> int:
         # Earlier objects keep their pixels: later ones fill only background.
         labels[candidates.best & (labels == 0)] = label
         print(f"object {label}: {int(candidates.best.sum())} px, predicted IoU {candidates.scores[0]:.3f}")
+    if args.split:
+        from .objects import split_objects
+
+        pieces = split_objects(labels > 0)
+        if pieces.max() > np.iinfo(labels.dtype).max:
+            raise SystemExit(f"error: {pieces.max()} objects do not fit a uint16 labels image")
+        labels = pieces.astype(labels.dtype)
+        print(f"split into {int(labels.max())} objects")
     decode_s = time.perf_counter() - start
     write_tiff_atomic(out, labels)
     print(f"setup {embed_s:.2f} s, embedding + masks {decode_s * 1000:.0f} ms; wrote {out} ({labels.shape[0]}x{labels.shape[1]} uint16)")
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", type=_box, action="append", default=[],
                      help="box r0,c0,r1,c1; several boxes alone segment one object each")
     seg.add_argument("--text", help='kind of object, e.g. "nucleus" (alone: every object of that kind as one mask)')
+    seg.add_argument("--split", action="store_true",
+                     help="write the mask as one label per object (connected pieces, touching ones cut at "
+                          "their necks); for text alone, e.g. --text nucleus --split")
     seg.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, ...) or checkpoint path")
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     seg.add_argument("--out", required=True, help="output Labels TIFF (uint16, 0 = background)")

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from . import layers as L
 from .encoding import EncodingCancelled, watch_encoder
+from ..objects import split_objects
 from ..transforms import mask_to_low_res_logits
 
 # The annotation loop's keys (free in napari's default keymaps for Points, Labels and
@@ -363,6 +364,11 @@ class AnnotateWidget(QWidget):
         self.id_combo.setToolTip("Write a new label id, or the labels layer's selected label")
         self.overwrite_check = QCheckBox("overwrite other labels")
         self.overwrite_check.setToolTip("Off (default): pixels of other objects are never changed")
+        self.split_check = QCheckBox("one label per object")
+        self.split_check.setToolTip(
+            "Accept a mask as one new label per object (connected pieces, touching objects cut at their "
+            "necks), e.g. every nucleus from the text prompt 'nucleus'. Off: the mask is one label."
+        )
         self.candidate_list = QListWidget()
         self.candidate_list.setMaximumHeight(80)
         self.candidate_list.setToolTip("Candidate masks, best first, with the model's predicted IoU")
@@ -381,7 +387,7 @@ class AnnotateWidget(QWidget):
             buttons.addWidget(button)
 
         result_box = form_group("Result", [
-            ("labels", self.labels_combo), ("label id", self.id_combo), ("", self.overwrite_check),
+            ("labels", self.labels_combo), ("label id", self.id_combo), ("", self.overwrite_check), ("", self.split_check),
             (self.candidate_list,), (buttons,),
         ])
 
@@ -1289,6 +1295,14 @@ class AnnotateWidget(QWidget):
         if len(masks) == 1 and spec.mask_label is not None and self.mask_combo.layer() is labels:
             replace = spec.mask_label
             values = [replace]
+        elif len(masks) == 1 and self.split_check.isChecked():
+            pieces = split_objects(masks[0])
+            masks = [pieces == value for value in range(1, int(pieces.max()) + 1)]
+            if not masks:
+                self._set_status("Nothing written: the mask holds no object of 10 pixels or more.")
+                return
+            first = L.next_label_id(labels)
+            values = list(range(first, first + len(masks)))
         elif len(masks) == 1 and self.id_combo.currentText() == SELECTED_ID and labels.selected_label != 0:
             values = [int(labels.selected_label)]
         else:
@@ -1297,9 +1311,8 @@ class AnnotateWidget(QWidget):
         changed = L.write_masks(
             labels, index, masks, values, preserve=not self.overwrite_check.isChecked(), replace=replace
         )
-        self._set_status(
-            f"Wrote label {', '.join(map(str, values))} ({changed} pixels changed; Ctrl+Z in the labels layer undoes it)."
-        )
+        written = f"labels {values[0]}-{values[-1]}" if len(values) > 3 else f"label {', '.join(map(str, values))}"
+        self._set_status(f"Wrote {written} ({changed} pixels changed; Ctrl+Z in the labels layer undoes it).")
         self.clear()
         self.committed.emit(changed)
 
