@@ -25,6 +25,7 @@ import tifffile
 from scipy import ndimage
 
 from napari_sam import Predictor, load_model
+from napari_sam.objects import connected_pieces
 from napari_sam.tiling import TiledPredictor
 
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
@@ -51,24 +52,17 @@ def planes(source: str, z_step: int):
 
 def objects(labels: np.ndarray, min_pixels: int):
     """(mask, interior point (row, col), box (r0, c0, r1, c1)) of every object."""
-    for index, region in enumerate(ndimage.find_objects(labels), start=1):
-        if region is None:
-            continue
-        # 2D connected pieces: a 3D label can fall apart into several on one slice.
-        pieces, count = ndimage.label(labels[region] == index)
-        for piece in range(1, count + 1):
-            local = pieces == piece
-            if local.sum() < min_pixels:
-                continue
-            mask = np.zeros(labels.shape, bool)
-            mask[region] = local
-            distance = ndimage.distance_transform_edt(np.pad(local, 1))[1:-1, 1:-1]
-            r, c = np.unravel_index(np.argmax(distance), local.shape)
-            rows, cols = np.flatnonzero(local.any(1)), np.flatnonzero(local.any(0))
-            offset = (region[0].start, region[1].start)
-            point = (r + offset[0], c + offset[1])
-            box = (rows[0] + offset[0], cols[0] + offset[1], rows[-1] + offset[0], cols[-1] + offset[1])
-            yield mask, point, box
+    # 2D connected pieces: a 3D label can fall apart into several on one slice.
+    for region, local in connected_pieces(labels, min_pixels):
+        mask = np.zeros(labels.shape, bool)
+        mask[region] = local
+        distance = ndimage.distance_transform_edt(np.pad(local, 1))[1:-1, 1:-1]
+        r, c = np.unravel_index(np.argmax(distance), local.shape)
+        rows, cols = np.flatnonzero(local.any(1)), np.flatnonzero(local.any(0))
+        offset = (region[0].start, region[1].start)
+        point = (r + offset[0], c + offset[1])
+        box = (rows[0] + offset[0], cols[0] + offset[1], rows[-1] + offset[0], cols[-1] + offset[1])
+        yield mask, point, box
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

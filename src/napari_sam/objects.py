@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["split_objects"]
+__all__ = ["connected_pieces", "split_objects"]
 
 
 def split_objects(mask, min_pixels: int = 10, separate_touching: bool = True, neck_ratio: float = 0.7) -> np.ndarray:
@@ -94,12 +94,11 @@ def _cut_necks(mask: np.ndarray, neck_ratio: float) -> np.ndarray:
     return lookup[regions]
 
 
-def _tidy(labels: np.ndarray, min_pixels: int) -> np.ndarray:
-    """One connected piece per label (a watershed region may be cut in two by the mask),
-    small pieces dropped, numbered 1..N in raster order."""
-    out = np.zeros(labels.shape, np.int32)
-    next_id = 1
-    pieces = []
+def connected_pieces(labels: np.ndarray, min_pixels: int = 1):
+    """Every 4-connected piece of every label, in label order: ``(region, local)`` with
+    ``region`` the label's bounding-box slices and ``local`` the piece's mask within it.
+    Pieces under ``min_pixels`` are skipped (a label may fall apart into several pieces,
+    e.g. a 3D label on one slice)."""
     for value, region in enumerate(ndimage.find_objects(labels), start=1):
         if region is None:
             continue
@@ -107,10 +106,17 @@ def _tidy(labels: np.ndarray, min_pixels: int) -> np.ndarray:
         for part in range(1, count + 1):
             local = parts == part
             if local.sum() >= min_pixels:
-                rows, cols = np.nonzero(local)
-                first = (rows[0] + region[0].start, cols[0] + region[1].start)
-                pieces.append((first, region, local))
-    for _, region, local in sorted(pieces, key=lambda piece: piece[0]):
-        out[region][local] = next_id
-        next_id += 1
+                yield region, local
+
+
+def _tidy(labels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """One connected piece per label (a watershed region may be cut in two by the mask),
+    small pieces dropped, numbered 1..N in raster order of their first pixel."""
+    pieces = []
+    for region, local in connected_pieces(labels, min_pixels):
+        rows, cols = np.nonzero(local)
+        pieces.append(((rows[0] + region[0].start, cols[0] + region[1].start), region, local))
+    out = np.zeros(labels.shape, np.int32)
+    for value, (_, region, local) in enumerate(sorted(pieces, key=lambda piece: piece[0]), start=1):
+        out[region][local] = value
     return out

@@ -88,24 +88,29 @@ def training_images(
     """
     import numpy as np
 
-    from ..synthetic import generate
-
     rng = np.random.default_rng(seed)
     mixes = [("nucleus", "elongated cell"), ("nucleus", "small spot"), ("cell", "elongated cell"), ("cell",)]
-    images, labels, classes = [], [], []
+    images = []
     for index in range(count):
         kinds = ("nucleus",) if rng.random() < 1 - mixed_fraction else mixes[int(rng.integers(len(mixes)))]
-        dtype = np.uint16 if rng.random() < 0.3 else np.uint8
-        size_range = None
-        if size_variety and rng.random() < size_variety:
-            centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
-            size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
-        sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, size_range=size_range,
-                          seed=[seed, index])
-        images.append(sample.image)
-        labels.append(sample.labels)
-        classes.append({int(k): str(v) for k, v in sample.classes.items()})
-    return images, labels, classes
+        images.append(_fluorescence_image(rng, kinds, size_variety, [seed, index]))
+    return tuple(map(list, zip(*images))) if images else ([], [], [])
+
+
+def _fluorescence_image(rng, kinds, size_share: float, seed):
+    """One 128-px training image: 16-bit for 30 %, and for ``size_share`` nuclei of 10-56 px
+    (log-uniform centre) instead of the generator's default; (image, labels, kind per label)."""
+    import numpy as np
+
+    from ..synthetic import generate
+
+    dtype = np.uint16 if rng.random() < 0.3 else np.uint8
+    size_range = None
+    if size_share and rng.random() < size_share:
+        centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
+        size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
+    sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, size_range=size_range, seed=seed)
+    return sample.image, sample.labels, {int(k): str(v) for k, v in sample.classes.items()}
 
 
 #: Stage 3's image kinds, drawn in turn so that each is equally common.
@@ -120,23 +125,12 @@ def balanced_images(count: int = STAGE3_IMAGES, seed: int = STAGE3_SEED):
     with the nucleus sizes of ``training_images``'s size-varied share in a third of them."""
     import numpy as np
 
-    from ..synthetic import generate
-
     rng = np.random.default_rng(seed)
-    images, labels, classes = [], [], []
+    images = []
     for index in range(count):
         kinds = BALANCED_KINDS[index % len(BALANCED_KINDS)]
-        dtype = np.uint16 if rng.random() < 0.3 else np.uint8
-        size_range = None
-        if "nucleus" in kinds and rng.random() < 1 / 3:
-            centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
-            size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
-        sample = generate(IMAGE_SHAPE, modality="fluorescence", kinds=kinds, dtype=dtype, size_range=size_range,
-                          seed=[seed, index])
-        images.append(sample.image)
-        labels.append(sample.labels)
-        classes.append({int(k): str(v) for k, v in sample.classes.items()})
-    return images, labels, classes
+        images.append(_fluorescence_image(rng, kinds, 1 / 3 if "nucleus" in kinds else 0.0, [seed, index]))
+    return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
 def as_samples(images, labels, classes, name: str):
