@@ -46,9 +46,10 @@ def split_objects(mask, min_pixels: int = 10, separate_touching: bool = True, ne
         raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
     if not 0 < neck_ratio <= 1:
         raise ValueError(f"neck_ratio must be in (0, 1], got {neck_ratio}")
-    pieces, count = ndimage.label(mask)
-    if count and separate_touching:
+    if separate_touching and mask.any():
         pieces = _cut_necks(mask, neck_ratio)
+    else:
+        pieces, _ = ndimage.label(mask)
     return _tidy(pieces, min_pixels)
 
 

@@ -1292,18 +1292,19 @@ class AnnotateWidget(QWidget):
         index = L.labels_plane_index(labels, image, ref, self.viewer.dims.point)
         masks = self._preview_masks()
         replace = None
-        if len(masks) == 1 and spec.mask_label is not None and self.mask_combo.layer() is labels:
-            replace = spec.mask_label
-            values = [replace]
-        elif len(masks) == 1 and self.split_check.isChecked():
+        refine = len(masks) == 1 and spec.mask_label is not None and self.mask_combo.layer() is labels
+        split = len(masks) == 1 and not refine and self.split_check.isChecked()
+        if split:  # one new label per object
             pieces = split_objects(masks[0])
             masks = [pieces == value for value in range(1, int(pieces.max()) + 1)]
             if not masks:
                 self._set_status("Nothing written: the mask holds no object of 10 pixels or more.")
                 return
-            first = L.next_label_id(labels)
-            values = list(range(first, first + len(masks)))
-        elif len(masks) == 1 and self.id_combo.currentText() == SELECTED_ID and labels.selected_label != 0:
+        if refine:
+            replace = spec.mask_label
+            values = [replace]
+        elif (len(masks) == 1 and not split
+              and self.id_combo.currentText() == SELECTED_ID and labels.selected_label != 0):
             values = [int(labels.selected_label)]
         else:
             first = L.next_label_id(labels)
