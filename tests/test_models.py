@@ -383,6 +383,29 @@ def test_detects_all_global_vit():
     assert build_sam(architecture.config).state_dict().keys() == meta_state(config).keys()
 
 
+def test_convolutional_stem_is_detected_and_loads_without_metadata(tmp_path):
+    config = dict(COMPACT, stem_channels=[8, 16, 32])
+    model = randomized(build_sam(config))
+    assert detect_architecture(model.state_dict()).config == config
+    save_model(model, tmp_path / "stem.pt")
+    (tmp_path / "stem.json").unlink()
+    loaded = load_model(tmp_path / "stem.pt")
+    assert_same_state(loaded.state_dict(), model.state_dict())
+    pixels = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert loaded.image_encoder(pixels).shape == (1, 64, 16, 16)
+        torch.testing.assert_close(loaded.image_encoder(pixels), model.image_encoder(pixels))
+
+
+def test_a_stem_that_does_not_make_the_patch_size_is_refused():
+    with pytest.raises(ValueError, match="not patch_size=8"):
+        build_sam(dict(COMPACT, stem_channels=[8, 16]))
+
+
+def test_an_empty_stem_is_the_linear_patch_embedding():
+    assert detect_architecture(build_sam(dict(COMPACT, stem_channels=[])).state_dict()).config == COMPACT
+
+
 def test_official_vit_b_key_layout_loads(tmp_path):
     reference = pytest.importorskip("reference")
     state = reference.reference_state_dict("vit_b", seed=0)

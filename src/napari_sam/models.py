@@ -557,6 +557,11 @@ def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
     result = {**DECODER_DEFAULTS, **{k: v for k, v in config.items() if k != "name"}}
     if "global_attn_indexes" in result:
         result["global_attn_indexes"] = [int(i) for i in result["global_attn_indexes"]]
+    if "stem_channels" in result:
+        # No stem is the official linear patch embedding, the same architecture as no key.
+        stem = [int(width) for width in result.pop("stem_channels")]
+        if stem:
+            result["stem_channels"] = stem
     return result
 
 
@@ -632,10 +637,16 @@ def _vit_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             raise CheckpointError(f"cannot infer the image encoder: {key!r} is missing")
         return state[key]
 
-    patch = tensor("image_encoder.patch_embed.proj.weight")  # (D, 3, p, p)
-    if patch.ndim != 4 or patch.shape[-1] != patch.shape[-2]:
-        raise CheckpointError(f"unexpected patch embedding shape {tuple(patch.shape)}")
-    embed_dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
+    stem = _stem_channels(state)
+    if stem:
+        # The stem's 3x3 stride-2 convolutions, then its 1x1 projection to the token width.
+        projection = tensor(f"image_encoder.patch_embed.stem.{3 * len(stem)}.weight")  # (D, c, 1, 1)
+        embed_dim, patch_size = int(projection.shape[0]), 2 ** len(stem)
+    else:
+        patch = tensor("image_encoder.patch_embed.proj.weight")  # (D, 3, p, p)
+        if patch.ndim != 4 or patch.shape[-1] != patch.shape[-2]:
+            raise CheckpointError(f"unexpected patch embedding shape {tuple(patch.shape)}")
+        embed_dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
     pos = tensor("image_encoder.pos_embed")  # (1, g, g, D)
     grid = int(pos.shape[1])
     block_ids = sorted(
@@ -659,6 +670,7 @@ def _vit_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     window_size = (windowed.pop() + 1) // 2 if windowed else grid
 
     hidden = int(tensor("image_encoder.blocks.0.mlp.lin1.weight").shape[0])
+    extra = {"stem_channels": stem} if stem else {}
     return {
         "encoder": "vit",
         "img_size": grid * patch_size,
@@ -669,7 +681,22 @@ def _vit_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "mlp_ratio": hidden / embed_dim,
         "window_size": window_size,
         "global_attn_indexes": global_blocks,
+        **extra,
     }
+
+
+def _stem_channels(state: Mapping[str, torch.Tensor]) -> list[int]:
+    """Widths of a convolutional stem's 3x3 layers (``ConvStem``), empty for a linear patch embedding."""
+    widths = []
+    while (conv := state.get(f"image_encoder.patch_embed.stem.{3 * len(widths)}.weight")) is not None:
+        if conv.ndim != 4:
+            raise CheckpointError(f"unexpected stem convolution shape {tuple(conv.shape)}")
+        if conv.shape[-1] == 1:  # the final 1x1 projection
+            return widths
+        widths.append(int(conv.shape[0]))
+    if widths:
+        raise CheckpointError("the convolutional stem has no 1x1 projection to the token width")
+    return widths
 
 
 # --------------------------------------------------------------------------------------

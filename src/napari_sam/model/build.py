@@ -41,7 +41,8 @@ def build_sam(model_type: str | dict[str, Any]) -> Sam:
         ``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"``, or a config dict with
         ``"encoder": "vit"`` and the :class:`ImageEncoderViT` hyper-parameters
         (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
-        ``mlp_ratio``, ``window_size``, ``global_attn_indexes``) for compact models,
+        ``mlp_ratio``, ``window_size``, ``global_attn_indexes``, optionally
+        ``stem_channels`` for a convolutional stem) for compact models,
         optionally with ``prompt_embed_dim`` and ``decoder_mlp_dim`` (default 256, 2048)
         and ``text_dim`` (width of the text encoder; 0, the default, builds no text path).
     """
@@ -104,4 +105,5 @@ def _build_encoder(config: dict[str, Any]) -> nn.Module:
         out_chans=int(config["prompt_embed_dim"]),
         window_size=config["window_size"],
         global_attn_indexes=tuple(config["global_attn_indexes"]),
+        stem_channels=tuple(int(width) for width in config.get("stem_channels", ())),
     )

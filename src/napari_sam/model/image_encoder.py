@@ -45,6 +45,31 @@ class PatchEmbed(nn.Module):
         return linear_weights(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
+class ConvStem(nn.Module):
+    """Overlapping convolutions to tokens: ``(B, C, H, W) -> (B, H/p, W/p, D)`` with ``p = 2**len(channels)``.
+
+    A stack of 3x3 stride-2 convolutions (LayerNorm2d, GELU after each) and a 1x1
+    projection to the token width. It replaces the linear patch embedding in compact
+    models: a token then sees its object's outline across patch borders, which a tiny
+    ViT cannot learn to tell kinds apart from otherwise (Xiao et al. 2021, "Early
+    convolutions help transformers see better"; docs/models.md). Official checkpoints
+    use :class:`PatchEmbed`.
+    """
+
+    def __init__(self, channels: tuple[int, ...], in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_chans
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), LayerNorm2d(width), nn.GELU()]
+            previous = width
+        layers.append(nn.Conv2d(previous, embed_dim, kernel_size=1))
+        self.stem = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_sequential(self.stem, x).permute(0, 2, 3, 1)
+
+
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Gather relative position embeddings for every (query, key) pair along one axis.
 
@@ -323,6 +348,9 @@ class ImageEncoderViT(nn.Module):
         Side of the attention windows in tokens (global blocks ignore it).
     global_attn_indexes : tuple of int
         Blocks that attend over the whole grid.
+    stem_channels : tuple of int
+        Empty (official SAM): a linear patch embedding. Otherwise the widths of a
+        :class:`ConvStem` with ``2**len(stem_channels) == patch_size``.
     """
 
     def __init__(
@@ -340,11 +368,20 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: bool = True,
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
+        stem_channels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.img_size = img_size
         grid = img_size // patch_size
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        if not stem_channels:
+            self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        elif 2 ** len(stem_channels) == patch_size:
+            self.patch_embed = ConvStem(tuple(stem_channels), in_chans, embed_dim)
+        else:
+            raise ValueError(
+                f"a convolutional stem of {len(stem_channels)} stride-2 layers makes {2 ** len(stem_channels)}-pixel "
+                f"patches, not patch_size={patch_size}"
+            )
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim)) if use_abs_pos else None
         self.blocks = nn.ModuleList(
             Block(
