@@ -620,9 +620,15 @@ def test_text_nucleus_previews_the_nuclei_of_a_fluorescence_image(start, qtbot, 
     assert iou(widget.preview_layer.data > 0, nuclei) >= 0.6
 
 
-def test_text_alone_accepted_as_one_label_per_object_in_one_undo(start, qtbot, default_model, nuclei):
+@pytest.mark.parametrize("checked_before_the_text", [True, False])
+def test_text_alone_accepted_as_one_label_per_object_in_one_undo(
+    start, qtbot, default_model, nuclei, checked_before_the_text
+):
     viewer, widget = start(nuclei.image, default_model)
+    widget.split_check.setChecked(checked_before_the_text)
     enter_text(qtbot, widget, "nucleus")
+    # Checked in time, the prediction worker splits the mask (off the GUI thread).
+    assert (widget._pieces is not None) == checked_before_the_text
     mask = widget.preview_layer.data > 0
     assert iou(mask, nuclei.labels > 0) > 0.85  # a nuclei-only image: measured 0.93
     widget.split_check.setChecked(True)

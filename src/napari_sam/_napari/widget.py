@@ -217,6 +217,7 @@ class AnnotateWidget(QWidget):
         self._revision = 0
         self._result_revision = -1
         self._candidates: list = []  # one Candidates per object
+        self._pieces: np.ndarray | None = None  # the text-alone mask split into objects, made by the worker
         self._spec: _PromptSpec | None = None  # the prompts of the shown result
         self._choice = 0
         self._next_sign = L.POSITIVE
@@ -1105,6 +1106,10 @@ class AnnotateWidget(QWidget):
         points = spec.points if len(spec.points) else None
         labels = spec.labels if len(spec.points) else None
         box = spec.boxes[0] if len(spec.boxes) == 1 else None
+        # Text alone answers with every object of a kind; splitting that into objects takes
+        # seconds on a large plane, so it is done here, off the GUI thread, when asked for.
+        split = bool(spec.text) and points is None and box is None and spec.mask_input is None and (
+            self.split_check.isChecked())
 
         def predict():
             with lock:
@@ -1116,7 +1121,8 @@ class AnnotateWidget(QWidget):
                     if spec.mask_tile is not None:
                         tiled.last_tile = spec.mask_tile  # the frame the mask prompt is in
                     candidates = [tiled.predict(points, labels, box, spec.mask_input, text=spec.text)]
-            return generation, spec, candidates
+            pieces = split_objects(candidates[0].masks[0]) if split and len(candidates[0]) == 1 else None
+            return generation, spec, candidates, pieces
 
         worker = create_worker(
             predict,
@@ -1131,7 +1137,7 @@ class AnnotateWidget(QWidget):
         worker.start()
 
     def _on_predict_returned(self, result) -> None:
-        generation, spec, candidates = result
+        generation, spec, candidates, pieces = result
         if generation != self._generation or spec.revision != self._revision or self._ref is None:
             return  # the prompts or the plane changed meanwhile: a new run follows
         if spec.key != self._ref.key:
@@ -1139,6 +1145,7 @@ class AnnotateWidget(QWidget):
         self._wants_prediction = False
         self._spec = spec
         self._candidates = candidates
+        self._pieces = pieces
         self._result_revision = spec.revision
         self._choice = 0
         self._show_result()
@@ -1241,6 +1248,7 @@ class AnnotateWidget(QWidget):
         if not keep_revision:
             self._revision += 1
         self._candidates = []
+        self._pieces = None
         self._spec = None
         self._choice = 0
         self.candidate_list.clear()
@@ -1295,7 +1303,7 @@ class AnnotateWidget(QWidget):
         refine = len(masks) == 1 and spec.mask_label is not None and self.mask_combo.layer() is labels
         split = len(masks) == 1 and not refine and self.split_check.isChecked()
         if split:  # one new label per object
-            pieces = split_objects(masks[0])
+            pieces = self._pieces if self._pieces is not None and self._choice == 0 else split_objects(masks[0])
             masks = [pieces == value for value in range(1, int(pieces.max()) + 1)]
             if not masks:
                 self._set_status("Nothing written: the mask holds no object of 10 pixels or more.")
