@@ -49,30 +49,43 @@ def test_sentence_embeddings_are_normalised_and_offline():
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # a synonym is closer than another kind
 
 
-# Text alone does not reach the 0.7 yet: the bundled model answers "nucleus" with
-# IoU 0.50 and "elongated cell" with 0.41 on this image (synonyms the same; 0.64 / 0.48 on
-# average over 20 generated two-kind images, docs/models.md). These pin the targets and
-# fail loudly (strict) once a better-trained model reaches them.
-UNDERTRAINED = pytest.mark.xfail(strict=True, reason="text alone: IoU 0.50 / 0.41, below the 0.7 target")
+# Four 256-px two-kind images (not the fixture's), defined before the shipped model was
+# trained and tiled as a user's plane would be.
+AVERAGE_SEEDS = [[600, seed] for seed in range(4)]
 
 
-@UNDERTRAINED
 @pytest.mark.parametrize("kind", ["nucleus", "elongated cell"])
-def test_text_alone_segments_every_object_of_that_kind(default_predictor, two_kinds, kind):
+def test_text_alone_segments_every_object_of_that_kind(default_predictor, kind):
+    scores = []
+    for seed in AVERAGE_SEEDS:
+        sample = generate((256, 256), modality="fluorescence", kinds=("nucleus", "elongated cell"), seed=seed)
+        default_predictor.set_plane(sample.image)
+        candidates = default_predictor.predict(text=kind)
+        assert len(candidates) == 1
+        scores.append(iou(candidates.best, union_of(sample, kind)))
+    assert np.mean(scores) >= 0.7  # measured 0.78 (nuclei) and 0.71 (rods)
+
+
+def test_text_nucleus_on_the_two_kind_image(default_predictor, two_kinds):
     default_predictor.set_plane(two_kinds.image)
-    candidates = default_predictor.predict(text=kind)
-    assert len(candidates) == 1
-    assert iou(candidates.best, union_of(two_kinds, kind)) >= 0.7
+    assert iou(default_predictor.predict(text="nucleus").best, union_of(two_kinds, "nucleus")) >= 0.7  # 0.75
 
 
-@UNDERTRAINED
+# Rods are at the edge of what the model draws at all: on this image even the union of the
+# masks from each rod's own box scores only 0.71 against the rods (docs/models.md).
+@pytest.mark.xfail(strict=True, reason="thin rods of this image: text alone 0.68, their own boxes 0.71")
+def test_text_elongated_cell_on_the_two_kind_image(default_predictor, two_kinds):
+    default_predictor.set_plane(two_kinds.image)
+    assert iou(default_predictor.predict(text="elongated cell").best, union_of(two_kinds, "elongated cell")) >= 0.7
+
+
 @pytest.mark.parametrize("kind, synonym", [("nucleus", "nuclei"), ("elongated cell", "bacterium")])
 def test_held_out_synonyms_work_nearly_as_well(default_predictor, two_kinds, kind, synonym):
     default_predictor.set_plane(two_kinds.image)
     target = union_of(two_kinds, kind)
     exact = iou(default_predictor.predict(text=kind).best, target)
     other = iou(default_predictor.predict(text=synonym).best, target)
-    assert other >= exact - 0.15 and other >= 0.55
+    assert other >= exact - 0.05 and other >= 0.65  # measured 0.75 / 0.75 and 0.68 / 0.68
 
 
 def test_text_and_a_point_pick_the_object_under_the_point(default_predictor, two_kinds):
@@ -92,7 +105,7 @@ def test_text_and_a_point_pick_the_object_under_the_point(default_predictor, two
         on_target.append(predicted.any() and ids[np.argmax(counts)] == label)
     assert len(scores) >= 30
     assert all(on_target)  # every mask lies mostly on the object under the point
-    assert np.mean(scores) >= 0.7  # measured 0.71 (the point alone: 0.64)
+    assert np.mean(scores) >= 0.75  # measured 0.80 (the point alone: 0.76)
 
 
 def test_unknown_text_warns_and_still_answers(default_predictor, two_kinds):
