@@ -629,13 +629,13 @@ def test_text_alone_accepted_as_one_label_per_object_in_one_undo(
     # Checked in time, the prediction worker splits the mask (off the GUI thread).
     assert (widget._pieces is not None) == checked_before_the_text
     mask = widget.preview_layer.data > 0
-    assert iou(mask, nuclei.labels > 0) > 0.85  # a nuclei-only image: measured 0.93
+    assert iou(mask, nuclei.labels > 0) > 0.85  # a nuclei-only image: measured 0.94
     widget.split_check.setChecked(True)
     changed = accept(qtbot, widget)
     labels = widget.labels_layer.data
     values = np.unique(labels)[1:]
     assert changed == np.count_nonzero(labels) and np.all((labels > 0) <= mask)
-    assert 15 <= len(values) <= 30  # 22 nuclei; measured 19 objects, each matching a nucleus
+    assert 15 <= len(values) <= 30  # 22 nuclei; measured 21 objects, each matching a nucleus
     for value in values:
         assert ndimage.label(labels == value)[1] == 1
     assert "Wrote labels 1-" in widget.status_label.text()
