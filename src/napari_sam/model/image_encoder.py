@@ -50,9 +50,9 @@ class ConvStem(nn.Module):
 
     A stack of 3x3 stride-2 convolutions (LayerNorm2d, GELU after each) and a 1x1
     projection to the token width. It replaces the linear patch embedding in compact
-    models: a token then sees its object's outline across patch borders, which a tiny
-    ViT cannot learn to tell kinds apart from otherwise (Xiao et al. 2021, "Early
-    convolutions help transformers see better"; docs/models.md). Official checkpoints
+    models: each token then sees its object's outline across patch borders (Xiao et al.
+    2021, "Early convolutions help transformers see better"). With it, the default model's
+    2-block ViT tells object kinds apart far better (docs/models.md). Official checkpoints
     use :class:`PatchEmbed`.
     """
 
