@@ -1,0 +1,86 @@
+"""Files: the one atomic writer and the one image reader of the package.
+
+Every file napari-sam writes (labels, cache entries, models, training states, sidecars)
+goes through :func:`atomic_write`: a temporary file in the same folder, flushed and
+fsync'd, then renamed over the target with ``os.replace``. A killed process leaves either
+the old file or the new one, plus at worst a stray ``.<name>.<random>.tmp`` that no reader
+opens. New files get the permissions the umask gives a plain ``open()`` (not mkstemp's 600).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import numpy as np
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def temporary_name(path: Path) -> Path:
+    """The name of a temporary file beside ``path`` (hidden, unique, ending in ``.tmp``)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(stream)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The folder must exist. An existing file at ``path`` keeps its permission bits; a new
+    one gets ``0o666 & ~umask``. Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    temporary = temporary_name(path)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = None
+    # os.open with 0o666 lets the umask decide permissions, as for a plain open().
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda stream: stream.write(data))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def atomic_write_tiff(path: str | os.PathLike, data: np.ndarray, **kwargs: Any) -> Path:
+    """Write ``data`` as a zlib-compressed TIFF to ``path`` atomically."""
+    import tifffile
+
+    kwargs.setdefault("compression", "zlib")
+    return atomic_write(path, lambda stream: tifffile.imwrite(stream, data, **kwargs))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF (any dtype, any number of planes) or a PNG / JPEG / BMP file into memory."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        return tifffile.imread(path)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image)
