@@ -37,7 +37,7 @@ def load(prefixes: tuple[str, ...], tile: int, overlap: float = 0.0) -> list:
     """Samples of the plates ``prefixes``, cut into ``tile``-pixel crops (0: whole images).
 
     Crops at the model's input size train and validate the model as it is used on larger
-    planes (tiles at native resolution, see napari_sam.tiling); whole images would be
+    planes (tiles at native resolution, see napari_sam.inference.tiling); whole images would be
     shrunk to the input. Crops overlap by the fraction ``overlap`` of ``tile`` (validation:
     none), the last one flush with the edge, crops without labels dropped (``tile_samples``).
     """

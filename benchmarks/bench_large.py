@@ -68,7 +68,7 @@ def child(args: list[str]) -> dict:
 
 
 def run_embed(stack: str, model: str, cache: str, tile: int, halo: int) -> dict:
-    from napari_sam.batch import EmbedJob, embed_stack
+    from napari_sam.inference.batch import EmbedJob, embed_stack
 
     start = time.perf_counter()
     reports = embed_stack(EmbedJob(stack, model, cache, tile_size=tile, halo=halo, device="cpu"), progress=False)
@@ -78,11 +78,11 @@ def run_embed(stack: str, model: str, cache: str, tile: int, halo: int) -> dict:
 
 
 def run_reopen(stack: str, model: str, cache: str, tile: int, halo: int) -> dict:
-    from napari_sam.embeddings import EmbeddingStore
+    from napari_sam.inference.embeddings import EmbeddingStore
     from napari_sam.io import open_stack
     from napari_sam.models import load_model
-    from napari_sam.predictor import Predictor
-    from napari_sam.tiling import TiledPredictor
+    from napari_sam.inference.predictor import Predictor
+    from napari_sam.inference.tiling import TiledPredictor
 
     predictor = Predictor(load_model(model, device="cpu"))
     store = EmbeddingStore(predictor, cache_dir=cache)
@@ -100,10 +100,10 @@ def run_reopen(stack: str, model: str, cache: str, tile: int, halo: int) -> dict
 def run_huge(model: str, side: int) -> dict:
     import torch
 
-    from napari_sam.embeddings import EmbeddingStore, weights_hash
+    from napari_sam.inference.embeddings import EmbeddingStore, weights_hash
     from napari_sam.model import build_sam
-    from napari_sam.predictor import Predictor
-    from napari_sam.tiling import TiledPredictor
+    from napari_sam.inference.predictor import Predictor
+    from napari_sam.inference.tiling import TiledPredictor
 
     if model in ("vit_t-random", "vit_b-random"):
         torch.manual_seed(0)

@@ -25,8 +25,8 @@ import tifffile
 from scipy import ndimage
 
 from napari_sam import Predictor, load_model
-from napari_sam.objects import connected_pieces
-from napari_sam.tiling import TiledPredictor
+from napari_sam.inference.objects import connected_pieces
+from napari_sam.inference.tiling import TiledPredictor
 
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
 

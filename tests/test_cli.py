@@ -10,11 +10,8 @@ import torch
 from napari_sam import save_model
 from napari_sam.cli import main
 from napari_sam.model import build_sam
+from tiny import TINY
 
-TINY = {
-    "encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-    "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64, "decoder_mlp_dim": 128,
-}
 
 
 @pytest.fixture(scope="module")

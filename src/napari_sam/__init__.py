@@ -10,7 +10,7 @@ Headless use::
 
 __version__ = "0.1.0"
 
-from .predictor import Candidates, Embedding, Predictor  # noqa: E402
+from .inference.predictor import Candidates, Embedding, Predictor  # noqa: E402
 
 from .device import select_device  # noqa: E402
 from .models import load_model, save_model  # noqa: E402

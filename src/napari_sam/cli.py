@@ -74,7 +74,7 @@ def _read_other(path: str) -> np.ndarray:
 
 def _cmd_segment(args) -> int:
     from . import Predictor, load_model
-    from .tiling import TiledPredictor
+    from .inference.tiling import TiledPredictor
 
     if not (args.point or args.negative or args.box or args.text):
         raise SystemExit(
@@ -113,7 +113,7 @@ def _cmd_segment(args) -> int:
         labels[candidates.best & (labels == 0)] = label
         print(f"object {label}: {int(candidates.best.sum())} px, predicted IoU {candidates.scores[0]:.3f}")
     if args.split:
-        from .objects import split_objects
+        from .inference.objects import split_objects
 
         pieces = split_objects(labels > 0)
         if pieces.max() > np.iinfo(labels.dtype).max:
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.set_defaults(func=_cmd_fetch)
 
-    from .batch import add_embed_parser
+    from .inference.batch import add_embed_parser
     from .training.cli import add_parser as add_finetune_parser
 
     add_embed_parser(sub)

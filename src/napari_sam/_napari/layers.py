@@ -1,6 +1,6 @@
 """napari layers <-> prompts and masks of one 2D plane.
 
-Frames (see ``napari_sam.transforms`` for the model side)
+Frames (see ``napari_sam.inference.transforms`` for the model side)
 ------
 world
     napari's world coordinates, one per viewer axis (``viewer.dims.point``); a layer

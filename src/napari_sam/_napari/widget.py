@@ -37,8 +37,8 @@ from qtpy.QtWidgets import (
 
 from . import layers as L
 from .encoding import EncodingCancelled, watch_encoder
-from ..objects import split_objects
-from ..transforms import mask_to_low_res_logits
+from ..inference.objects import split_objects
+from ..inference.transforms import mask_to_low_res_logits
 
 # The annotation loop's keys (free in napari's default keymaps for Points, Labels and
 # Image layers; in a Shapes layer "T" stays napari's path tool).
@@ -722,7 +722,7 @@ class AnnotateWidget(QWidget):
             self._make_store()
 
     def _make_store(self) -> None:
-        from ..embeddings import EmbeddingStore
+        from ..inference.embeddings import EmbeddingStore
 
         cache_dir = self.cache_dir_edit.text().strip() or None
         self.store = EmbeddingStore(self.predictor, memory_mb=self.memory_spin.value(), cache_dir=cache_dir)
@@ -769,7 +769,7 @@ class AnnotateWidget(QWidget):
         self._schedule_embedding()
 
     def _install_model(self, model, source) -> None:
-        from ..predictor import Predictor
+        from ..inference.predictor import Predictor
 
         self._generation += 1
         self.model = model
@@ -809,7 +809,7 @@ class AnnotateWidget(QWidget):
         """A TiledPredictor over ``ref``'s plane (reads nothing yet), or None."""
         if ref is None or self.predictor is None or self.image_layer is None:
             return None
-        from ..tiling import TiledPredictor
+        from ..inference.tiling import TiledPredictor
 
         tile_size = None if self.tile_check.isChecked() else max(max(ref.shape), 2)
         try:

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..imaging import to_rgb_uint8
-from ..transforms import resize_rgb, resized_shape
+from ..inference.transforms import resize_rgb, resized_shape
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 # Name endings that mark a file as the image or the labels of a pair ("cell_03_image.tif").
@@ -268,7 +268,7 @@ def _tile_starts(length: int, size: int, overlap: float) -> list[int]:
 def tile_samples(samples: Sequence[Sample], size: int, overlap: float = 0.25) -> list[Sample]:
     """Cut planes larger than the model input into ``size``-pixel crops at native resolution.
 
-    Inference embeds such planes the same way (``napari_sam.tiling``: tiles of the input
+    Inference embeds such planes the same way (``napari_sam.inference.tiling``: tiles of the input
     size, not the plane shrunk), so training on crops shows the model objects at the scale
     it will meet them. Crops overlap by ``overlap`` of their side, the last one is flush
     with the edge, crops without labels are dropped; an object cut by a crop border is

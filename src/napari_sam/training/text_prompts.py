@@ -28,7 +28,7 @@ class PhraseBank:
     """Sentence embeddings of every training phrase, computed once."""
 
     def __init__(self, phrases: dict[str, tuple[str, ...]] = TRAINING_PHRASES, device: torch.device | str = "cpu"):
-        from ..text import embed_text
+        from ..inference.text import embed_text
 
         self.phrases = {kind: tuple(options) for kind, options in phrases.items()}
         self.vectors = {

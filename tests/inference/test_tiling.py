@@ -12,16 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from napari_sam import transforms
-from napari_sam.embeddings import EmbeddingStore
+from napari_sam.inference import transforms
+from napari_sam.inference.embeddings import EmbeddingStore
 from napari_sam.imaging import to_rgb_uint8
 from napari_sam.model import build_sam
-from napari_sam.predictor import Embedding, Predictor
-from napari_sam.tiling import TiledPredictor, TileGrid, axis_split
+from napari_sam.inference.predictor import Embedding, Predictor
+from napari_sam.inference.tiling import TiledPredictor, TileGrid, axis_split
+from tiny import TINY
 
-TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
-        "decoder_mlp_dim": 128}
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +292,7 @@ def test_tiled_embeddings_are_cached_on_disk_with_their_geometry(model, tmp_path
     assert other.store.encoder_calls == 1
 
 
-DEFAULT_WEIGHTS = Path(__file__).parents[1] / "src" / "napari_sam" / "weights" / "default.pt"
+from tiny import DEFAULT_WEIGHTS
 
 
 @pytest.mark.slow
@@ -380,7 +378,7 @@ def test_text_with_a_point_is_passed_to_the_one_tile_the_point_chooses(model):
 
 
 def test_text_alone_with_a_text_model_keeps_each_tiles_own_mask_on_its_core():
-    from napari_sam.text import TEXT_DIM
+    from napari_sam.inference.text import TEXT_DIM
 
     torch.manual_seed(0)
     predictor = Predictor(build_sam({**TINY, "text_dim": TEXT_DIM}))

@@ -14,10 +14,10 @@ from scipy import ndimage
 import napari_sam
 from napari_sam import Predictor, load_model
 from napari_sam.synthetic import generate, sample_nuclei
-from napari_sam.tiling import TiledPredictor
+from napari_sam.inference.tiling import TiledPredictor
 
 WEIGHTS = Path(napari_sam.__file__).parent / "weights" / "default.pt"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,7 +154,7 @@ def test_stage_three_starts_from_a_saved_stage_two_model(tmp_path, capsys):
 
     from napari_sam import save_model
     from napari_sam.model import build_sam
-    from napari_sam.text import TEXT_DIM
+    from napari_sam.inference.text import TEXT_DIM
     from napari_sam.training.default_model import main
 
     torch.manual_seed(0)

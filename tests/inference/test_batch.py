@@ -7,17 +7,15 @@ import pytest
 import tifffile
 import torch
 
-from napari_sam.batch import EmbedJob, embed_plane, embed_stack, plane_tasks
-from napari_sam.embeddings import EmbeddingStore
+from napari_sam.inference.batch import EmbedJob, embed_plane, embed_stack, plane_tasks
+from napari_sam.inference.embeddings import EmbeddingStore
 from napari_sam.io import open_stack
 from napari_sam.model import build_sam
 from napari_sam.models import load_model, save_model
-from napari_sam.predictor import Predictor
-from napari_sam.tiling import TiledPredictor
+from napari_sam.inference.predictor import Predictor
+from napari_sam.inference.tiling import TiledPredictor
+from tiny import TINY
 
-TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
-        "decoder_mlp_dim": 128}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +84,7 @@ def test_an_interrupted_run_resumes_and_redoes_only_what_is_missing_or_broken(st
 
 
 def test_cli_embed_precomputes_every_plane(stack_file, model_file, tmp_path, capsys):
-    from napari_sam.batch import add_embed_parser
+    from napari_sam.inference.batch import add_embed_parser
     import argparse
 
     parser = argparse.ArgumentParser()

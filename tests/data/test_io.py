@@ -94,10 +94,10 @@ def test_reading_one_plane_never_touches_the_other_planes(tmp_path):
 def test_a_prompt_on_one_plane_does_not_read_the_others(tmp_path):
     import torch
 
-    from napari_sam.embeddings import EmbeddingStore
+    from napari_sam.inference.embeddings import EmbeddingStore
     from napari_sam.model import build_sam
-    from napari_sam.predictor import Predictor
-    from napari_sam.tiling import TiledPredictor
+    from napari_sam.inference.predictor import Predictor
+    from napari_sam.inference.tiling import TiledPredictor
 
     data = stack_data((4, 300, 200))
     path = tmp_path / "zlib.tif"

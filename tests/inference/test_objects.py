@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from napari_sam.objects import split_objects
+from napari_sam.inference.objects import split_objects
 from napari_sam.synthetic import generate
 
 

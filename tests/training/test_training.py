@@ -23,11 +23,8 @@ from napari_sam.training.lora import LoRALinear, apply_lora, configure_trainable
 from napari_sam.training.losses import dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
 from napari_sam.training.simulation import make_schedule, sample_correction_points
 from napari_sam.training.trainer import TrainConfig, Trainer, finetune, load_train_state, state_path_for
+from tiny import TINY_TRAINING as TINY
 
-TINY = {
-    "encoder": "vit", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-    "mlp_ratio": 2.0, "window_size": 0, "global_attn_indexes": [0], "prompt_embed_dim": 32, "decoder_mlp_dim": 64,
-}
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75
 
 
@@ -258,7 +255,7 @@ def _two_kind_samples(count: int = 2) -> list[Sample]:
 
 
 def test_text_training_has_text_rounds_learns_the_projection_and_validates_text():
-    from napari_sam.text import TEXT_DIM
+    from napari_sam.inference.text import TEXT_DIM
 
     samples = _two_kind_samples()
     torch.manual_seed(0)
@@ -295,7 +292,7 @@ def test_text_training_has_text_rounds_learns_the_projection_and_validates_text(
 
 
 def test_kind_loss_teaches_the_encoder_object_kinds_and_resumes(tmp_path):
-    from napari_sam.text import TEXT_DIM
+    from napari_sam.inference.text import TEXT_DIM
 
     samples = _two_kind_samples()
     with pytest.raises(ValueError, match="kind_weight > 0 needs text"):

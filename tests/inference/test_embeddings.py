@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.embeddings import EmbeddingStore, Signature, content_hash, read_entry, weights_hash
+from napari_sam.inference.embeddings import EmbeddingStore, Signature, content_hash, read_entry, weights_hash
 from napari_sam.imaging import Normalization
 from napari_sam.model import build_sam
-from napari_sam.predictor import Predictor
+from napari_sam.inference.predictor import Predictor
+from tiny import TINY
 
-TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
-        "decoder_mlp_dim": 128}
 
 
 def tiny_model(seed: int = 0):
@@ -171,7 +169,7 @@ def test_a_killed_write_leaves_no_readable_entry(predictor, tmp_path, monkeypatc
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("napari_sam.embeddings.os.replace", die)
+    monkeypatch.setattr("napari_sam.inference.embeddings.os.replace", die)
     with pytest.raises(KeyboardInterrupt):
         store.get(plane())
     monkeypatch.undo()

@@ -9,13 +9,10 @@ import torch
 from napari_sam import Predictor, load_model, save_model
 from napari_sam.model import build_sam
 from napari_sam.synthetic import generate
-from napari_sam.text import TEXT_DIM, embed_text
-from napari_sam.tiling import TiledPredictor
+from napari_sam.inference.text import TEXT_DIM, embed_text
+from napari_sam.inference.tiling import TiledPredictor
+from tiny import TINY
 
-TINY = {
-    "encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-    "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64, "decoder_mlp_dim": 128,
-}
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,15 +10,13 @@ pytest.importorskip("napari")
 
 from napari.layers import Image, Labels, Points, Shapes  # noqa: E402
 
-from napari_sam import transforms  # noqa: E402
+from napari_sam.inference import transforms  # noqa: E402
 from napari_sam._napari import layers as L  # noqa: E402
 from napari_sam._napari.encoding import EncodingCancelled, encoder_blocks, watch_encoder  # noqa: E402
-from napari_sam.transforms import mask_to_low_res_logits  # noqa: E402
+from napari_sam.inference.transforms import mask_to_low_res_logits  # noqa: E402
 from napari_sam.model import build_sam  # noqa: E402
+from tiny import TINY
 
-TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
-        "decoder_mlp_dim": 128}
 
 
 def ellipse(shape, centre, radii):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import napari_sam
-from napari_sam import speed, transforms
+from napari_sam import speed
+from napari_sam.inference import transforms
 from napari_sam.model import build_sam
 from napari_sam.model import image_encoder as vit
 from napari_sam.model.tiny_vit import TinyViT

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from . import transforms
-from .imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
-from .model import Sam
+from ..imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
+from ..model import Sam
 from .prompts import Prompts
 
 # Cosine similarity (MiniLM space) below which a text is reported as unknown to the model.

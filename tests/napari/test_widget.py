@@ -21,16 +21,14 @@ pytest.importorskip("pytestqt")
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_sam.model import build_sam  # noqa: E402
-from napari_sam.predictor import Candidates  # noqa: E402
+from napari_sam.inference.predictor import Candidates  # noqa: E402
 from napari_sam.synthetic import sample_nuclei  # noqa: E402
 
 from napari_sam._napari import layers as L  # noqa: E402
 from napari_sam._napari.widget import KEYS, PREVIEW_NAME, AnnotateWidget  # noqa: E402
+from tiny import TINY
 
-TINY = {"encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64,
-        "decoder_mlp_dim": 128}
-DEFAULT_WEIGHTS = Path(__file__).parents[1] / "src" / "napari_sam" / "weights" / "default.pt"
+from tiny import DEFAULT_WEIGHTS
 TIMEOUT = 30_000  # ms
 
 
@@ -406,7 +404,7 @@ def test_untiled_large_plane_is_embedded_whole_at_once(start, qtbot, tiny_model)
 
 
 def test_mask_prompt_is_given_in_the_frame_of_the_tile_used(start, qtbot, tiny_model, monkeypatch):
-    from napari_sam.transforms import mask_to_low_res_logits
+    from napari_sam.inference.transforms import mask_to_low_res_logits
 
     image = np.zeros((300, 300), np.uint8)
     viewer, widget = start(image, tiny_model)
@@ -517,7 +515,7 @@ def test_sample_data_is_contributed(make_napari_viewer):
 
 @pytest.fixture(scope="module")
 def text_model():
-    from napari_sam.text import TEXT_DIM
+    from napari_sam.inference.text import TEXT_DIM
 
     torch.manual_seed(0)
     return build_sam({**TINY, "text_dim": TEXT_DIM})

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .imaging import DEFAULT_NORMALIZATION, Normalization
+from ..imaging import DEFAULT_NORMALIZATION, Normalization
 
 __all__ = ["EmbedJob", "PlaneReport", "add_embed_parser", "embed_plane", "embed_stack", "plane_tasks"]
 
@@ -43,7 +43,7 @@ class EmbedJob:
     cache_dir : str
         The embedding cache directory.
     tile_size, halo : int, optional
-        Tiling of planes; default as :class:`~napari_sam.tiling.TiledPredictor`
+        Tiling of planes; default as :class:`~napari_sam.inference.tiling.TiledPredictor`
         (the model's input size, and an eighth of it).
     device : str, optional
         ``cpu``, ``cuda``, ``mps``...; default the best available.
@@ -82,7 +82,7 @@ _TASK_LOCK = threading.Lock()  # tasks in threads of one process take turns on t
 
 def _store(job: EmbedJob):
     from .embeddings import EmbeddingStore
-    from .models import load_model
+    from ..models import load_model
     from .predictor import Predictor
 
     key = (job.model, job.device, str(Path(job.cache_dir).expanduser()), job.normalization)
@@ -95,7 +95,7 @@ def _store(job: EmbedJob):
 
 
 def _stack(job: EmbedJob):
-    from .io import open_stack
+    from ..io import open_stack
 
     path = Path(job.path).expanduser()
     stat = path.stat()  # a rewritten file is opened again

@@ -17,12 +17,9 @@ from hypothesis import strategies as st
 from napari_sam import Candidates, Embedding, Predictor
 from napari_sam.imaging import Normalization, to_rgb_uint8
 from napari_sam.model import build_sam
-from napari_sam import transforms
+from napari_sam.inference import transforms
+from tiny import TINY
 
-TINY = {
-    "encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-    "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64, "decoder_mlp_dim": 128,
-}
 
 
 @pytest.fixture(scope="module")

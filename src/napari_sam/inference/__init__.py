@@ -1,0 +1,1 @@
+"""Inference: prompts, coordinate transforms, the predictor, tiles, the embedding cache, batch embedding."""

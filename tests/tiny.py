@@ -1,0 +1,46 @@
+"""The tiny random models and small helpers every test folder uses (defined once here).
+
+Importable as ``import tiny`` from any test: ``conftest.py`` puts this folder on sys.path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = ROOT / "src" / "napari_sam" / "weights" / "default.pt"
+
+# A ViT SAM small enough to run in milliseconds: 128-px input, 16x16 embedding grid.
+TINY = {
+    "encoder": "vit", "img_size": 128, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+    "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1], "prompt_embed_dim": 64, "decoder_mlp_dim": 128,
+}
+# Smaller still for training loops: 64-px input, one global block.
+TINY_TRAINING = {
+    "encoder": "vit", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+    "mlp_ratio": 2.0, "window_size": 0, "global_attn_indexes": [0], "prompt_embed_dim": 32, "decoder_mlp_dim": 64,
+}
+
+
+def build_tiny(config: dict | None = None, seed: int = 0):
+    """A random :class:`~napari_sam.model.Sam` of ``config`` (default :data:`TINY`), seeded."""
+    import torch
+
+    from napari_sam.model import build_sam
+
+    torch.manual_seed(seed)
+    return build_sam(dict(config or TINY))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 for two empty masks)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def ellipse(shape, centre, radii) -> np.ndarray:
+    """A boolean filled ellipse of ``radii`` (rows, cols) at ``centre`` in an array of ``shape``."""
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1
