@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference.transforms import resize_rgb
+from .family import InputFrame
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -14,7 +17,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):
-    """The Segment Anything model.
+    """The Segment Anything model; a :class:`~napari_sam.model.family.ModelFamily`.
 
     State-dict keys are those of the official checkpoints; the pixel statistics are
     non-persistent buffers, as there.
@@ -65,6 +68,17 @@ class Sam(nn.Module):
         x = (x - self.pixel_mean) / self.pixel_std
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
+
+    def prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, InputFrame]:
+        """``(H, W, 3)`` uint8 plane -> model input ``(1, 3, S, S)`` on :attr:`device` and its frame.
+
+        The longest side is resized to ``S`` (PIL bilinear, as the reference predictor),
+        then :meth:`preprocess` normalises and pads.
+        """
+        resized = resize_rgb(rgb, self.image_size)
+        tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
+        frame = InputFrame(tuple(rgb.shape[:2]), tuple(resized.shape[:2]), self.image_size)
+        return self.preprocess(tensor), frame
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed ``(B, 3, S, S)`` -> image embeddings ``(B, 256, h, w)``."""
