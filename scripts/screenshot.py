@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
 
     try:
         model = load_model(args.model, device=args.device)
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     viewer = napari.Viewer(show=True, title="napari-sam")
     width, height = (int(v) for v in args.size.split("x"))
     viewer.window.resize(width, height)
-    viewer.open_sample("napari-sam", "nuclei")
+    viewer.open_sample("napari-samscope", "nuclei")
     truth = viewer.layers["nuclei ground truth"].data
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Annotate (Segment Anything)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Annotate (Segment Anything)")
     app = QApplication.instance()
     widget.use_model(model, name=str(args.model))
     wait(widget, app)

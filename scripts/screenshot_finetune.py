@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     viewer = napari.Viewer(show=True, title="napari-sam")
     width, height = (int(v) for v in args.size.split("x"))
     viewer.window.resize(width, height)
-    viewer.open_sample("napari-sam", "nuclei")
+    viewer.open_sample("napari-samscope", "nuclei")
     truth = viewer.layers["nuclei ground truth"]
     truth.visible = True
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Fine-tune (Segment Anything)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Fine-tune (Segment Anything)")
     app = QApplication.instance()
     widget.labels_combo.set_layer(truth)
     widget.base_combo.setCurrentText("default")

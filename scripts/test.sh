@@ -85,8 +85,8 @@ setup_venv() {
 }
 
 run_tests() {
-    log "npe2 validate napari-sam"
-    python -m npe2 validate napari-sam
+    log "npe2 validate napari-samscope"
+    python -m npe2 validate napari-samscope
 
     # Qt wants a private runtime dir; offscreen together with Xvfb draws a black canvas.
     local rc=0

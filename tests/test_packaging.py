@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The PyPI name `napari-sam` is another project's (MIC-DKFZ); ours is napari-samscope.
+DISTRIBUTION = "napari-samscope"
 
 
 def _manifest_entry_point() -> importlib.metadata.EntryPoint:
     eps = importlib.metadata.entry_points(group="napari.manifest")
-    matches = [ep for ep in eps if ep.name == "napari-sam"]
-    assert len(matches) == 1, f"expected one napari-sam manifest entry point, got {matches}"
+    matches = [ep for ep in eps if ep.value == "napari_sam:napari.yaml"]
+    assert len(matches) == 1, f"expected one napari_sam manifest entry point, got {matches}"
+    assert matches[0].name == DISTRIBUTION
     return matches[0]
 
 
@@ -27,9 +30,23 @@ def test_manifest_entry_point_names_a_file_inside_the_package():
 
 def test_npe2_loads_the_installed_manifest():
     npe2 = pytest.importorskip("npe2")
-    manifest = npe2.PluginManifest.from_distribution("napari-sam")
-    assert manifest.name == "napari-sam"
-    assert manifest.package_metadata.version == importlib.metadata.version("napari-sam")
+    manifest = npe2.PluginManifest.from_distribution(DISTRIBUTION)
+    assert manifest.name == DISTRIBUTION
+    assert manifest.package_metadata.version == importlib.metadata.version(DISTRIBUTION)
+    # npe2 requires every contribution id to start with the plugin name.
+    assert all(c.id.startswith(f"{DISTRIBUTION}.") for c in manifest.contributions.commands)
+
+
+def test_package_version_is_the_distribution_version():
+    import napari_sam
+
+    assert napari_sam.__version__ == importlib.metadata.version(DISTRIBUTION)
+
+
+def test_both_commands_are_installed():
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("napari-sam") == "napari_sam.cli:main"
+    assert scripts.get(DISTRIBUTION) == "napari_sam.cli:main"
 
 
 def test_package_manifest_is_the_repository_manifest():

@@ -42,7 +42,7 @@ def tiny_model():
 def default_model():
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip("the bundled default model (src/napari_sam/weights/default.pt) is not installed yet")
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
 
     return load_model("default", device="cpu")
 
@@ -480,7 +480,7 @@ def test_keys_and_sign_toggle(start, qtbot, tiny_model):
 
 
 def test_model_is_loaded_by_name_in_a_worker(make_napari_viewer, qtbot, tmp_path, tiny_model, monkeypatch):
-    from napari_sam.models import save_model
+    from napari_sam.checkpoints import save_model
 
     path = tmp_path / "tiny.pt"
     save_model(tiny_model, path)
@@ -504,7 +504,7 @@ def test_model_is_loaded_by_name_in_a_worker(make_napari_viewer, qtbot, tmp_path
 
 def test_sample_data_is_contributed(make_napari_viewer):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-sam", "nuclei")
+    viewer.open_sample("napari-samscope", "nuclei")
     assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei ground truth"]
     assert viewer.layers["nuclei"].data.shape == (256, 256)
     assert viewer.layers["nuclei ground truth"].data.max() > 5
