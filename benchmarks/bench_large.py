@@ -80,7 +80,7 @@ def run_embed(stack: str, model: str, cache: str, tile: int, halo: int) -> dict:
 def run_reopen(stack: str, model: str, cache: str, tile: int, halo: int) -> dict:
     from napari_sam.inference.embeddings import EmbeddingStore
     from napari_sam.io import open_stack
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
     from napari_sam.inference.predictor import Predictor
     from napari_sam.inference.tiling import TiledPredictor
 
@@ -109,7 +109,7 @@ def run_huge(model: str, side: int) -> dict:
         torch.manual_seed(0)
         sam = build_sam(model.split("-")[0])
     else:
-        from napari_sam.models import load_model
+        from napari_sam.checkpoints import load_model
 
         sam = load_model(model, device="cpu")
     predictor = Predictor(sam)
@@ -165,7 +165,7 @@ def main() -> None:
     import torch
 
     from napari_sam.model import build_sam
-    from napari_sam.models import save_model
+    from napari_sam.checkpoints import save_model
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

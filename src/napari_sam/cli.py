@@ -129,7 +129,7 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models import _BUNDLED_DIR, MODELS, cache_dir
+    from .checkpoints.registry import BUNDLED_DIR as _BUNDLED_DIR, MODELS, cache_dir
 
     for spec in MODELS.values():
         path = (_BUNDLED_DIR if spec.bundled else cache_dir()) / spec.filename
@@ -139,7 +139,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from .models import fetch_weights
+    from .checkpoints import fetch_weights
 
     print(fetch_weights(args.name))
     return 0

@@ -21,10 +21,10 @@ import pooch
 import pytest
 import torch
 
-from napari_sam import models
+from napari_sam.checkpoints import loading, registry
 from napari_sam.device import DEVICE_ENV_VAR, select_device
 from napari_sam.model import build_sam
-from napari_sam.models import (
+from napari_sam.checkpoints import (
     CheckpointError,
     DownloadError,
     ModelSpec,
@@ -134,7 +134,7 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
         stream.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.torch, "save", broken_save)
+    monkeypatch.setattr(loading.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_model(build_sam("vit_t"), target)
     assert list(tmp_path.iterdir()) == []
@@ -148,7 +148,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch, compact_stat
     def broken_save(obj, stream):
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.torch, "save", broken_save)
+    monkeypatch.setattr(loading.torch, "save", broken_save)
     with pytest.raises(OSError):
         save_model(build_sam("vit_t"), target)
     assert target.read_bytes() == before
@@ -459,20 +459,20 @@ def test_invalid_sidecar_json_raises(tmp_path, compact_state):
 
 
 def test_registry_entries_are_complete():
-    for name, spec in models.MODELS.items():
+    for name, spec in registry.MODELS.items():
         assert spec.name == name
         if spec.bundled:
             continue
         assert spec.url.startswith("https://")
         assert spec.url.rsplit("/", 1)[-1] == spec.filename
         assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
-    assert {"default", "vit_b", "vit_l", "vit_h", "vit_t"} <= set(models.MODELS)
+    assert {"default", "vit_b", "vit_l", "vit_h", "vit_t"} <= set(registry.MODELS)
 
 
 def test_cache_dir_follows_environment_variable(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(registry.CACHE_ENV_VAR, str(tmp_path / "cache"))
     assert cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv(models.CACHE_ENV_VAR)
+    monkeypatch.delenv(registry.CACHE_ENV_VAR)
     assert cache_dir() == Path(pooch.os_cache("napari-sam"))
 
 
@@ -503,7 +503,7 @@ def served(tmp_path, monkeypatch):
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV_VAR, str(folder))
+    monkeypatch.setenv(registry.CACHE_ENV_VAR, str(folder))
     return folder
 
 
@@ -512,7 +512,7 @@ def register(monkeypatch, url: str, sha256: str, filename: str = "tiny.pt") -> M
         name="tiny", model_type=None, filename=filename, url=url, sha256=sha256,
         size_bytes=None, description="test model",
     )
-    monkeypatch.setitem(models.MODELS, "tiny", spec)
+    monkeypatch.setitem(registry.MODELS, "tiny", spec)
     return spec
 
 
@@ -602,13 +602,13 @@ def test_cached_file_with_wrong_content_is_reported_when_offline(cache, monkeypa
 
 
 def test_default_model_missing_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_BUNDLED_DIR", tmp_path / "weights")
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match=r"bundled model 'default'.*default\.pt"):
         load_model("default")
 
 
 def test_default_model_loads_with_its_metadata(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_BUNDLED_DIR", tmp_path / "weights")
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "weights")
     model = randomized(build_sam(COMPACT))
     save_model(model, tmp_path / "weights" / "default.pt", metadata={"description": "test default"})
 

@@ -11,7 +11,7 @@ from napari_sam.inference.batch import EmbedJob, embed_plane, embed_stack, plane
 from napari_sam.inference.embeddings import EmbeddingStore
 from napari_sam.io import open_stack
 from napari_sam.model import build_sam
-from napari_sam.models import load_model, save_model
+from napari_sam.checkpoints import load_model, save_model
 from napari_sam.inference.predictor import Predictor
 from napari_sam.inference.tiling import TiledPredictor
 from tiny import TINY

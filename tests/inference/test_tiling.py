@@ -298,7 +298,7 @@ from tiny import DEFAULT_WEIGHTS
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the bundled default model is not built yet")
 def test_default_model_segments_a_cell_across_a_tile_border_as_one_mask():
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
 
     predictor = Predictor(load_model("default", device="cpu"))
     size = predictor.model.image_size

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_sam.models import load_model  # noqa: E402
+from napari_sam.checkpoints import load_model  # noqa: E402
 from napari_sam.synthetic import generate  # noqa: E402
 
 from napari_sam._napari.finetune_widget import FOLDERS, FinetuneWidget, _unused_path  # noqa: E402

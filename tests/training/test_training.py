@@ -393,7 +393,7 @@ def test_finetune_on_a_large_plane_trains_on_crops(tmp_path):
     image, labels = disc_image(0, size=160, count=6)
     config = TrainConfig(epochs=1, rounds=1, objects_per_step=2, val_max_objects=2)
     result = finetune(image, labels, base=tiny_sam(), out=tmp_path / "m.pt", config=config)
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
 
     assert "crops of 64 px" in load_model(tmp_path / "m.pt", device="cpu").metadata["data"]
     shrunk = finetune(image, labels, base=tiny_sam(), config=config, tile_large_planes=False)
@@ -483,7 +483,7 @@ def test_train_modes_freeze_the_right_parts():
 
 
 def test_lora_finetune_saves_a_standard_model_that_load_model_reads(tmp_path):
-    from napari_sam.models import load_model
+    from napari_sam.checkpoints import load_model
 
     images, labels = zip(*(disc_image(s) for s in range(2)))
     out = tmp_path / "lora.pt"
@@ -602,7 +602,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
 def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
     import argparse
 
-    from napari_sam.models import save_model
+    from napari_sam.checkpoints import save_model
     from napari_sam.training.cli import add_parser
 
     base = save_model(tiny_sam(), tmp_path / "base.pt")

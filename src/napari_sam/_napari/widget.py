@@ -62,8 +62,8 @@ NO_TEXT_TOOLTIP = (
 
 
 def add_named_models(combo: QComboBox) -> None:
-    """Add the named models (``models.MODELS``) to ``combo``, their descriptions as tooltips."""
-    from ..models import MODELS
+    """Add the named models (``checkpoints.MODELS``) to ``combo``, their descriptions as tooltips."""
+    from ..checkpoints import MODELS
 
     for name, spec in MODELS.items():
         combo.addItem(name)
@@ -738,7 +738,7 @@ class AnnotateWidget(QWidget):
         self._set_busy(f"Loading model {Path(name).name} …")
 
         def load():
-            from ..models import load_model
+            from ..checkpoints import load_model
 
             return generation, load_model(name, None if device == "auto" else device)
 

@@ -39,7 +39,7 @@ class EmbedJob:
     path : str
         The TIFF stack.
     model : str
-        A named model or checkpoint path (see :func:`napari_sam.models.load_model`).
+        A named model or checkpoint path (see :func:`napari_sam.checkpoints.load_model`).
     cache_dir : str
         The embedding cache directory.
     tile_size, halo : int, optional
@@ -82,7 +82,7 @@ _TASK_LOCK = threading.Lock()  # tasks in threads of one process take turns on t
 
 def _store(job: EmbedJob):
     from .embeddings import EmbeddingStore
-    from ..models import load_model
+    from ..checkpoints import load_model
     from .predictor import Predictor
 
     key = (job.model, job.device, str(Path(job.cache_dir).expanduser()), job.normalization)

@@ -193,7 +193,7 @@ def pretrain_encoder_on_kinds(
 
 def main(argv: list[str] | None = None) -> int:
     from ..model import build_sam
-    from ..models import load_model, save_model
+    from ..checkpoints import load_model, save_model
     from ..synthetic import generate
     from .text_prompts import HELD_OUT_SYNONYMS, TRAINING_PHRASES
     from .trainer import TrainConfig, finetune

@@ -873,14 +873,14 @@ def finetune(
     labels : folder or array(s), optional
         Instance labels matching ``images``.
     base : str, path or Sam
-        Model to start from: a name or file for :func:`napari_sam.models.load_model`, or
+        Model to start from: a name or file for :func:`napari_sam.checkpoints.load_model`, or
         a model object (used in place).
     train : "decoder", "decoder+prompt", "lora" or "all", optional
         Default: ``config.train`` (``"decoder"``).
     epochs : int, optional
         Default: ``config.epochs`` (10); on resume, the saved run's.
     out : path, optional
-        Where the final (best) model goes, via :func:`napari_sam.models.save_model`; its
+        Where the final (best) model goes, via :func:`napari_sam.checkpoints.save_model`; its
         training state goes to ``state_path`` (default ``<out stem>.state.pt``).
     resume : bool
         Continue from ``state_path``: its saved hyper-parameters are used (``epochs`` may
@@ -893,7 +893,7 @@ def finetune(
     -------
     TrainResult
     """
-    from ..models import load_model, save_model
+    from ..checkpoints import load_model, save_model
 
     if state_path is None and out is not None:
         state_path = state_path_for(out)

@@ -1,0 +1,172 @@
+"""Download of named models through pooch, with sha256 checks.
+
+A download that cannot reach its server raises :class:`DownloadError` with the exact URL
+and the path to put a manually downloaded copy at; one with the wrong content raises
+:class:`CheckpointError` and keeps nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pooch
+
+from .errors import CheckpointError, DownloadError
+from .registry import CACHE_ENV_VAR, ModelSpec, bundled_path, cache_dir, model_spec
+
+__all__ = ["fetch_weights", "sha256_of"]
+
+
+def fetch_weights(name: str, *, progressbar: bool | None = None) -> Path:
+    """The local path of a named model's weights, downloading them on first use.
+
+    Downloads go through pooch, which writes to a temporary file in the cache folder,
+    checks its sha256, and only then renames it to its final name (a rename within one
+    folder is atomic): an interrupted or corrupted download never leaves a partial file
+    under the final name.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`~napari_sam.checkpoints.MODELS`.
+    progressbar : bool, optional
+        Show a tqdm progress bar; default: when tqdm is installed.
+
+    Returns
+    -------
+    Path of the verified file.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a bundled model whose file is not in this installation.
+    CheckpointError
+        When the downloaded file's sha256 is not the expected one (nothing is kept).
+    DownloadError
+        When the server cannot be reached; the message says which file to download from
+        which URL, and the full path to put it at.
+    """
+    spec = model_spec(name)
+    if spec.bundled:
+        return bundled_path(spec)
+
+    folder = cache_dir()
+    target = folder / spec.filename
+    stale_hash = None
+    if target.is_file():
+        actual = sha256_of(target)
+        if actual == spec.sha256:
+            return target
+        stale_hash = actual  # pooch replaces a file with the wrong content by a new download
+
+    if progressbar is None:
+        progressbar = _tqdm_available()
+    downloader = _HashRecordingDownloader(spec.url, progressbar)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        pooch.retrieve(
+            spec.url,
+            known_hash=f"sha256:{spec.sha256}",
+            fname=spec.filename,
+            path=folder,
+            downloader=downloader,
+        )
+    except Exception as err:
+        # requests' errors come first: some of them (InvalidURL) are ValueErrors too.
+        if _is_download_failure(err):
+            raise DownloadError(_manual_download_message(spec, target, err, stale_hash)) from err
+        if not (isinstance(err, ValueError) and downloader.sha256 is not None):
+            raise
+        # A ValueError after a complete download is pooch's hash check.
+        raise CheckpointError(
+            f"The download of {spec.filename} (model {name!r}) from {spec.url} has the wrong "
+            f"content: sha256 expected {spec.sha256}, got {downloader.sha256}. "
+            f"The download was deleted and nothing was written to {target}. The server may "
+            "have served an error page or a changed file; try again later, or download the "
+            "file yourself, check its sha256, and put it at that path."
+        ) from err
+    _VERIFIED[_file_identity(target)] = spec.sha256
+    return target
+
+
+def _manual_download_message(
+    spec: ModelSpec, target: Path, err: BaseException, stale_hash: str | None
+) -> str:
+    stale = ""
+    if stale_hash is not None:
+        stale = (
+            f" The file already at {target} has sha256 {stale_hash}, not the expected one; "
+            "replace it."
+        )
+    size = f" ({spec.size_bytes / 1e6:.0f} MB)" if spec.size_bytes else ""
+    return (
+        f"Could not download the weights of model {spec.name!r}: {type(err).__name__}: {err}."
+        f"{stale}\nTo use this model without network access, download\n"
+        f"    {spec.url}\n"
+        f"on a machine that has access{size}, check that its sha256 is\n"
+        f"    {spec.sha256}\n"
+        f"and put it at\n"
+        f"    {target}\n"
+        f"(set {CACHE_ENV_VAR} to use another folder). A local copy anywhere also works: "
+        f"load_model('/path/to/{spec.filename}')."
+    )
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    """Connection refused, DNS, timeouts, HTTP errors, a cache folder that cannot be written."""
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - pooch depends on requests
+        return isinstance(err, OSError)
+    return isinstance(err, (requests.exceptions.RequestException, OSError))
+
+
+def _tqdm_available() -> bool:
+    return importlib.util.find_spec("tqdm") is not None
+
+
+class _HashRecordingDownloader:
+    """pooch's own downloader for the URL, remembering the sha256 of what it fetched.
+
+    pooch deletes a download whose hash does not match; recording the hash first lets the
+    error say what actually arrived.
+    """
+
+    def __init__(self, url: str, progressbar: bool) -> None:
+        self._download = pooch.downloaders.choose_downloader(url, progressbar=progressbar)
+        self.sha256: str | None = None
+
+    def __call__(self, url: str, output_file: str, pooch_instance: Any, **kwargs: Any) -> Any:
+        result = self._download(url, output_file, pooch_instance, **kwargs)
+        if isinstance(output_file, (str, os.PathLike)) and os.path.isfile(output_file):
+            self.sha256 = sha256_of(Path(output_file), remember=False)
+        return result
+
+
+# In-process memo of verified files, keyed by (path, size, mtime), so loading a large model
+# twice does not hash 2.5 GB twice.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def sha256_of(path: Path, *, remember: bool = True) -> str:
+    """The sha256 of a file, lowercase hex; remembered per (path, size, mtime) when ``remember``."""
+    key = _file_identity(path)
+    if remember and key in _VERIFIED:
+        return _VERIFIED[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    result = digest.hexdigest()
+    if remember:
+        _VERIFIED[key] = result
+    return result
