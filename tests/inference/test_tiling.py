@@ -17,6 +17,7 @@ from napari_sam.inference.embeddings import EmbeddingStore
 from napari_sam.imaging import to_rgb_uint8
 from napari_sam.model import build_sam
 from napari_sam.inference.predictor import Embedding, Predictor
+from napari_sam.inference.prompts import Prompts
 from napari_sam.inference.tiling import TiledPredictor, TileGrid, axis_split
 from tiny import TINY
 
@@ -210,13 +211,13 @@ def test_only_the_tiles_a_prompt_needs_are_embedded(model):
     candidates = tiled.predict(points=[(510, 433)])
     assert tiled.store.encoder_calls == 1
     assert candidates.masks.shape == (3, 1000, 900) and candidates.logits.shape == (3, *model.low_res_size)
-    r0, c0, r1, c1 = tiled.last_tile.window
+    r0, c0, r1, c1 = candidates.frame.window
     outside = candidates.masks.copy()
     outside[:, r0:r1, c0:c1] = False
     assert not outside.any()
-    tiled.predict(points=[(515, 440)])  # same tile: cached
-    assert tiled.store.encoder_calls == 1
-    assert tiled.cached(tiled.last_tile) and not tiled.cached(tiled.grid.tile(0, 0))
+    again = tiled.predict(points=[(515, 440)])  # same tile: cached
+    assert tiled.store.encoder_calls == 1 and again.frame == candidates.frame
+    assert tiled.cached(again.frame) and not tiled.cached(tiled.grid.tile(0, 0))
 
 
 def test_a_click_on_a_lazy_plane_reads_only_the_tile_it_needs(model):
@@ -252,11 +253,14 @@ def test_refining_with_mask_input_reuses_the_tile_of_the_logits(model):
     tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
     tiled.set_plane(np.random.default_rng(1).random((500, 500)).astype(np.float32))
     first = tiled.predict(points=[(250, 250)])
-    tile = tiled.last_tile
-    refined = tiled.predict(points=[(250, 250), (260, 255)], point_labels=[1, 0], mask_input=first.logits[0])
-    assert tiled.last_tile == tile and len(refined) == 1
-    alone = tiled.predict(mask_input=refined.logits[0])
-    assert alone.masks.shape == (1, 500, 500)
+    tile = first.frame
+    assert tile in tiled.grid.tiles
+    refined = tiled.predict(points=[(250, 250), (260, 255)], point_labels=[1, 0], mask_input=first.mask_prompt(0))
+    assert refined.frame == tile and len(refined) == 1
+    alone = tiled.predict(mask_input=refined.mask_prompt(0))
+    assert alone.masks.shape == (1, 500, 500) and alone.frame == tile
+    with pytest.raises(ValueError, match="mask_prompt"):
+        tiled.predict(mask_input=refined.logits[0])  # an array alone says nothing of its tile
 
 
 def test_small_planes_behave_exactly_like_predictor(model):
@@ -340,6 +344,8 @@ class TextThresholdPredictor(ThresholdPredictor):
         return logits.repeat(1, count, 1, 1), torch.linspace(0.9, 0.7, count)[None]
 
     def predict_boxes(self, boxes):  # the real one calls the model's batched decoder directly
+        if len(boxes) and isinstance(boxes[0], Prompts):  # validated already (TiledPredictor)
+            return [self.predict(prompts=prompts) for prompts in boxes]
         return [self.predict(box=box) for box in np.asarray(boxes).reshape(-1, 4)]
 
 
@@ -358,7 +364,7 @@ def test_text_alone_on_a_tiled_plane_is_every_object_whole_across_core_borders(m
     assert tiled.store.encoder_calls == len(tiled.grid) > 1  # the whole plane, each tile once
     assert steps[0] == (0, len(tiled.grid)) and steps[-1] == (len(tiled.grid), len(tiled.grid))
     assert set(tiled.predictor.texts) == {"nucleus"}
-    assert tiled.last_tile is not None and len(candidates.logits) == 1  # the centre tile's
+    assert candidates.frame in tiled.grid.tiles and len(candidates.logits) == 1  # the centre tile's
     assert tiled.tiles_for(text="nucleus") == list(tiled.grid)
     several = tiled.predict(text="nucleus", multimask=True)
     assert several.masks.shape == (3, *shape) and np.all(np.diff(several.scores) <= 0)

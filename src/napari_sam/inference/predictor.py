@@ -6,6 +6,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,10 @@ import torch
 from . import transforms
 from ..imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
 from ..model import Sam
-from .prompts import Prompts
+from .prompts import MaskPrompt, Prompts
+
+if TYPE_CHECKING:
+    from .tiling import Tile
 
 # Cosine similarity (MiniLM space) below which a text is reported as unknown to the model.
 TEXT_SIMILARITY_WARNING = 0.5
@@ -84,15 +88,24 @@ class Candidates:
     ----------
     masks : (N, H, W) bool
     scores : (N,) float, the model's predicted IoU.
-    logits : (N, h, w) float32, low-res logits (pass one as ``mask_input`` to refine).
+    logits : (N, h, w) float32, low-res logits in :attr:`frame` (refine with
+        ``mask_input=candidates.mask_prompt(i)``).
+    frame : Tile or None
+        The tile whose model input the logits cover (``TiledPredictor``), or None for
+        the whole plane (``Predictor``).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     logits: np.ndarray
+    frame: Tile | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def mask_prompt(self, index: int = 0) -> MaskPrompt:
+        """Candidate ``index``'s logits as a mask prompt that knows its frame."""
+        return MaskPrompt(np.asarray(self.logits[index], dtype=np.float32)[None], self.frame)
 
     @property
     def best(self) -> np.ndarray:
@@ -161,6 +174,8 @@ class Predictor:
         mask_input=None,
         multimask: bool | None = None,
         text: str | None = None,
+        *,
+        prompts: Prompts | None = None,
     ) -> Candidates:
         """Segment one object of the current plane.
 
@@ -169,7 +184,9 @@ class Predictor:
         points : (N, 2) array-like of (row, col), optional
         point_labels : (N,) of 1 (positive) / 0 (negative); default all positive.
         box : (r0, c0, r1, c1), optional
-        mask_input : (h, w) low-res logits from an earlier ``Candidates.logits``, optional
+        mask_input : MaskPrompt or (h, w) low-res logits, optional
+            ``candidates.mask_prompt(i)`` of an earlier result (re-sampled if its frame
+            is a tile), or low-res logits over the whole plane.
         multimask : bool, optional
             Three candidates instead of one. Default as SAM: three for a single point
             and no other prompt, one otherwise.
@@ -177,29 +194,48 @@ class Predictor:
             The kind of object (models with a text path, e.g. the default model). Alone,
             it asks for every object of that kind as one mask; with a point or box, it
             says which object is meant.
+        prompts : Prompts, optional
+            Instead of the arguments above: prompts already validated for this plane
+            (``Prompts.build``); they are not validated again.
 
         Returns
         -------
         Candidates, sorted by predicted IoU, best first.
         """
         embedding = self._require_embedding()
-        prompts = Prompts.build(
-            embedding.original_size, self.model.low_res_size, points, point_labels, box, mask_input, text
-        )
+        prompts = self._prompts(embedding, prompts, points, point_labels, box, mask_input, text)
         if multimask is None:
-            multimask = (
-                prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None and prompts.text is None
-            )
+            multimask = prompts.default_multimask()
         low_res, scores = self._decode(embedding, prompts, multimask)
         return self._rank(embedding, low_res[0], scores[0])
 
+    def _prompts(self, embedding: Embedding, prompts: Prompts | None, *raw) -> Prompts:
+        """The one validation of a prediction's prompts (or the check that ready ones fit)."""
+        if prompts is None:
+            return Prompts.build(embedding.original_size, self.model.low_res_size, *raw)
+        if any(value is not None for value in raw):
+            raise ValueError("give either prompts=Prompts(...) or points / box / mask_input / text, not both")
+        if prompts.shape is not None and tuple(prompts.shape) != tuple(embedding.original_size):
+            raise ValueError(
+                f"prompts were built for a {prompts.shape[0]}x{prompts.shape[1]} plane, "
+                f"the current plane is {embedding.original_size[0]}x{embedding.original_size[1]}"
+            )
+        return prompts
+
     @torch.inference_mode()
     def predict_boxes(self, boxes) -> list[Candidates]:
-        """Segment one object per box in one batch: ``boxes (N, 4)`` of (r0, c0, r1, c1)."""
+        """Segment one object per box in one batch.
+
+        ``boxes``: ``(N, 4)`` array-like of (r0, c0, r1, c1), validated; or a sequence of
+        box-only :class:`Prompts` built for this plane (trusted).
+        """
         embedding = self._require_embedding()
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        for box in boxes:
-            Prompts.build(embedding.original_size, self.model.low_res_size, box=box)
+        if len(boxes) and all(isinstance(box, Prompts) for box in boxes):
+            boxes = np.stack([self._prompts(embedding, box).box for box in boxes])
+        else:
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            for box in boxes:
+                Prompts.build(embedding.original_size, self.model.low_res_size, box=box)
         boxes_xyxy = transforms.boxes_rc_to_model_xyxy(boxes, embedding.original_size, embedding.image_size)
         low_res, scores = self.model.decode(
             embedding.features, boxes=torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=self.device),
@@ -218,7 +254,9 @@ class Predictor:
             xyxy = transforms.boxes_rc_to_model_xyxy(prompts.box, embedding.original_size, embedding.image_size)
             boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=device)[None]
         if prompts.mask_input is not None:
-            masks = torch.as_tensor(prompts.mask_input, device=device)[None, None]
+            shape = embedding.original_size
+            logits = prompts.mask_input.logits_in((0, 0, *shape), shape)
+            masks = torch.as_tensor(logits, device=device)[None]
         if prompts.text is not None:
             # A copy: the cached sentence vector is read-only (torch warns on sharing it).
             text = torch.tensor(self._embed_text(prompts.text), device=device)[None]

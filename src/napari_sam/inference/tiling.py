@@ -47,15 +47,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
-from . import transforms
+from . import merging, transforms
 from .embeddings import EmbeddingStore, Progress, Signature
 from .predictor import Candidates, Embedding, Predictor
-from .prompts import Prompts
+from .prompts import MaskPrompt, Prompts
 
 __all__ = ["Tile", "TileGrid", "TiledPredictor", "axis_split"]
 
@@ -94,11 +93,17 @@ class Tile:
         Plane pixels the encoder sees, end-exclusive.
     core : (r0, c0, r1, c1)
         Pixels this tile owns; the cores of a grid partition the plane.
+    plane_shape : (H, W)
+        The whole plane.
+
+    A prediction in the tile is a prediction on the plane ``plane[tile.slices()]``:
+    :meth:`to_local` brings prompts into it, :meth:`to_plane` brings candidates back.
     """
 
     index: tuple[int, int]
     window: Box
     core: Box
+    plane_shape: tuple[int, int]
 
     @property
     def offset(self) -> tuple[int, int]:
@@ -113,6 +118,35 @@ class Tile:
         """Index the window out of a plane: ``plane[tile.slices()]``."""
         return slice(self.window[0], self.window[2]), slice(self.window[1], self.window[3])
 
+    def to_local(self, prompts: Prompts) -> Prompts:
+        """Plane prompts in this tile's frame: points off the tile dropped, the box clipped
+        to it (dropped when it misses the tile), a mask prompt re-sampled into the tile.
+
+        The result may hold no point or box (see ``Prompts.located`` / ``has_positive``);
+        it is not validated again.
+        """
+        shape = self.shape
+        points = labels = box = mask = None
+        if prompts.points is not None:
+            local = transforms.plane_to_window_rc(prompts.points, self.window)
+            inside = transforms.inside_plane_rc(local, shape)
+            if inside.any():
+                points, labels = local[inside], prompts.point_labels[inside]
+        if prompts.box is not None:
+            local = transforms.plane_to_window_rc(prompts.box, self.window)
+            if transforms.box_meets_plane_rc(local, shape):
+                box = transforms.clip_to_plane_rc(local, shape)
+        if prompts.mask_input is not None:
+            plane_shape = prompts.shape or self.plane_shape
+            mask = MaskPrompt(prompts.mask_input.logits_in(self.window, plane_shape), None)
+        return Prompts(points=points, point_labels=labels, box=box, mask_input=mask, text=prompts.text, shape=shape)
+
+    def to_plane(self, candidates: Candidates) -> Candidates:
+        """Candidates predicted in this tile, with masks over the whole plane and this tile
+        as the frame of their logits."""
+        masks = transforms.window_to_plane_masks(candidates.masks, self.window, self.plane_shape)
+        return replace(candidates, masks=masks, frame=self)
+
 
 class TileGrid:
     """The tiles of an ``(H, W)`` plane for ``tile_size`` and ``halo`` (see module docs)."""
@@ -124,7 +158,7 @@ class TileGrid:
         self._rows = axis_split(self.shape[0], self.tile_size, self.halo)
         self._cols = axis_split(self.shape[1], self.tile_size, self.halo)
         self.tiles = [
-            Tile((i, j), (rw0, cw0, rw1, cw1), (r0, c0, r1, c1))
+            Tile((i, j), (rw0, cw0, rw1, cw1), (r0, c0, r1, c1), self.shape)
             for i, (r0, r1, rw0, rw1) in enumerate(self._rows)
             for j, (c0, c1, cw0, cw1) in enumerate(self._cols)
         ]
@@ -148,8 +182,8 @@ class TileGrid:
 
     def tile_at(self, row: float, col: float) -> Tile:
         """The tile whose core contains plane pixel ``(row, col)`` (rounded to the nearest pixel)."""
-        r = min(max(int(math.floor(row + 0.5)), 0), self.shape[0] - 1)
-        c = min(max(int(math.floor(col + 0.5)), 0), self.shape[1] - 1)
+        r = min(max(transforms.nearest_pixel(row), 0), self.shape[0] - 1)
+        c = min(max(transforms.nearest_pixel(col), 0), self.shape[1] - 1)
         i = next(k for k, part in enumerate(self._rows) if part[0] <= r < part[1])
         j = next(k for k, part in enumerate(self._cols) if part[0] <= c < part[1])
         return self.tile(i, j)
@@ -160,11 +194,12 @@ class TileGrid:
         r0, c0, r1, c1 = bbox
         w0, v0, w1, v1 = tile.window
         height, width = self.shape
+        low, high = transforms.plane_extent_rc(self.shape)
         sides = (
-            r0 - w0 if w0 > 0 else math.inf if r0 >= -0.5 else -1.0,
-            c0 - v0 if v0 > 0 else math.inf if c0 >= -0.5 else -1.0,
-            (w1 - 1) - r1 if w1 < height else math.inf if r1 <= height - 0.5 else -1.0,
-            (v1 - 1) - c1 if v1 < width else math.inf if c1 <= width - 0.5 else -1.0,
+            r0 - w0 if w0 > 0 else math.inf if r0 >= low[0] else -1.0,
+            c0 - v0 if v0 > 0 else math.inf if c0 >= low[1] else -1.0,
+            (w1 - 1) - r1 if w1 < height else math.inf if r1 <= high[0] else -1.0,
+            (v1 - 1) - c1 if v1 < width else math.inf if c1 <= high[1] else -1.0,
         )
         return min(sides)
 
@@ -181,12 +216,12 @@ class TileGrid:
             if margin > best_margin:
                 best, best_margin = tile, margin
         # Prompts may reach half a pixel beyond the outermost pixel centres.
-        return best if best_margin >= -0.5 else None
+        return best if best_margin >= -transforms.PIXEL_RADIUS else None
 
     def overlapping(self, bbox: tuple[float, float, float, float]) -> list[Tile]:
         """Tiles whose core meets ``bbox`` (pixel centres, rounded outwards)."""
-        r0, c0 = math.floor(bbox[0] + 0.5), math.floor(bbox[1] + 0.5)
-        r1, c1 = math.floor(bbox[2] + 0.5) + 1, math.floor(bbox[3] + 0.5) + 1
+        r0, c0 = transforms.nearest_pixel(bbox[0]), transforms.nearest_pixel(bbox[1])
+        r1, c1 = transforms.nearest_pixel(bbox[2]) + 1, transforms.nearest_pixel(bbox[3]) + 1
         return [t for t in self.tiles if t.core[0] < r1 and r0 < t.core[2] and t.core[1] < c1 and c0 < t.core[3]]
 
     def weights(self, tile: Tile) -> np.ndarray:
@@ -197,8 +232,9 @@ class TileGrid:
         """
         def ramp(start: int, end: int, length: int) -> np.ndarray:
             position = np.arange(start, end, dtype=np.float32)
-            left = position - start + 0.5 if start > 0 else np.full_like(position, np.inf)
-            right = end - position - 0.5 if end < length else np.full_like(position, np.inf)
+            low, high = transforms.window_extent(start, end)  # the window's edges
+            left = position - low if start > 0 else np.full_like(position, np.inf)
+            right = high - position if end < length else np.full_like(position, np.inf)
             return np.clip(np.minimum(left, right) / max(self.halo, 1), 1e-3, 1.0)
 
         rows = ramp(tile.window[0], tile.window[2], self.shape[0])
@@ -244,9 +280,6 @@ class TiledPredictor:
     Attributes
     ----------
     grid : TileGrid of the current plane.
-    last_tile : Tile or None
-        The tile whose low-res logits the last :class:`Candidates` carry; ``mask_input``
-        given back to :meth:`predict` is read in that tile's frame.
 
     Examples
     --------
@@ -267,7 +300,6 @@ class TiledPredictor:
         self.halo = int(halo if halo is not None else self.tile_size // 8)
         axis_split(self.tile_size + 1, self.tile_size, self.halo)  # validate now, not at set_plane
         self.grid: TileGrid | None = None
-        self.last_tile: Tile | None = None
         self._plane = None
         self._signatures: dict[tuple[int, int], Signature] = {}
 
@@ -287,7 +319,6 @@ class TiledPredictor:
         self.grid = TileGrid(tuple(plane.shape[:2]), self.tile_size, self.halo)
         self._plane = plane
         self._signatures = {}
-        self.last_tile = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -334,19 +365,6 @@ class TiledPredictor:
         self._require_plane()
         return self.store.lookup(signature=self._signature(tile)) is not None
 
-    def tiles_for(self, points=None, box=None, text: str | None = None) -> list[Tile]:
-        """The tiles :meth:`predict` would embed for these points / box / text.
-
-        Text alone needs every tile; with points or a box, text changes nothing here.
-        """
-        self._require_plane()
-        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size, points, None, box, None, text)
-        bbox = prompt_bbox(prompts)
-        if bbox is None:  # text alone
-            return list(self.grid.tiles)
-        tile = self.grid.choose(bbox)
-        return [tile] if tile is not None else self.grid.overlapping(bbox)
-
     def precompute(self, tiles: Iterable[Tile] | None = None, *, progress: Progress | None = None,
                    keep_in_memory: bool = True) -> int:
         """Embed ``tiles`` (default all) into the store; returns how many ran the encoder.
@@ -374,43 +392,91 @@ class TiledPredictor:
 
     # ---- prediction -------------------------------------------------------------------
 
+    def prompts(self, points=None, point_labels=None, box=None, mask_input=None, text: str | None = None) -> Prompts:
+        """Validate raw prompts in whole-plane ``(row, col)`` once (``Prompts.build``)."""
+        self._require_plane()
+        return Prompts.build(self.grid.shape, self.predictor.model.low_res_size,
+                             points, point_labels, box, mask_input, text)
+
     def predict(self, points=None, point_labels=None, box=None, mask_input=None,
                 multimask: bool | None = None, text: str | None = None, *,
-                progress: Progress | None = None) -> Candidates:
+                prompts: Prompts | None = None, progress: Progress | None = None) -> Candidates:
         """Segment one object (or, for text alone, every object of a kind); same arguments
         and result as :meth:`Predictor.predict`.
 
         Coordinates are ``(row, col)`` of the whole plane; masks are ``(N, H, W)`` over
-        the whole plane. ``Candidates.logits`` are the low-res logits of
-        :attr:`last_tile`. Text with points or a box is decoded in the tile(s) the points
-        and box choose; text alone is decoded in every tile (each embedded if needed,
-        ``progress(done, total)`` counting tiles) and each tile's core keeps its mask.
+        the whole plane. ``Candidates.logits`` are low-res logits of the tile
+        ``Candidates.frame``; ``mask_input=candidates.mask_prompt(i)`` refines in that
+        tile (re-sampled into another tile when the new prompt needs one). Text with
+        points or a box is decoded in the tile(s) the points and box choose; text alone is
+        decoded in every tile (each embedded if needed, ``progress(done, total)`` counting
+        tiles) and each tile's core keeps its mask. ``prompts``: already validated
+        :class:`Prompts` of this plane, instead of the raw arguments.
         """
-        self._require_plane()
-        if len(self.grid) == 1:
-            self.predictor.set_embedding(self.embedding(self.grid.tiles[0], progress=progress))
-            self.last_tile = self.grid.tiles[0]
-            return self.predictor.predict(points, point_labels, box, mask_input, multimask, text=text)
-
-        prompts = Prompts.build(self.grid.shape, self.predictor.model.low_res_size,
-                                points, point_labels, box, mask_input, text)
+        if prompts is None:
+            prompts = self.prompts(points, point_labels, box, mask_input, text)
+        else:
+            self._require_plane()
+            if any(value is not None for value in (points, point_labels, box, mask_input, text)):
+                raise ValueError("give either prompts=Prompts(...) or points / box / mask_input / text, not both")
+            if prompts.shape is not None and tuple(prompts.shape) != self.grid.shape:
+                raise ValueError(f"prompts were built for a {prompts.shape} plane, the current plane is "
+                                 f"{self.grid.shape}")
         if multimask is None:
-            multimask = (prompts.num_points == 1 and prompts.box is None and prompts.mask_input is None
-                         and prompts.text is None)
+            multimask = prompts.default_multimask()
+        how, tiles, bbox = self._plan(prompts)
+        if how == "everywhere":
+            return merging.predict_everywhere(self, prompts, multimask, progress)
+        if how == "merged":
+            return merging.predict_merged(self, tiles, bbox, prompts, multimask)
+        return self._predict_in_tile(tiles[0], prompts, multimask, progress)
+
+    def tiles_for(self, points=None, box=None, text: str | None = None, *,
+                  prompts: Prompts | None = None) -> list[Tile]:
+        """The tiles :meth:`predict` would embed for these points / box / text (or ``prompts``).
+
+        Text alone needs every tile; with points or a box, text changes nothing here.
+        """
+        if prompts is None:
+            prompts = self.prompts(points, None, box, None, text)
+        self._require_plane()
+        return self._plan(prompts)[1]
+
+    def _plan(self, prompts: Prompts) -> tuple[str, list[Tile], tuple | None]:
+        """How to predict ``prompts``: ``("tile", [tile], bbox)`` in one tile, ``("merged",
+        tiles, bbox)`` blended over several, or ``("everywhere", all tiles, None)``."""
+        if len(self.grid) == 1:
+            return "tile", [self.grid.tiles[0]], None
         bbox = prompt_bbox(prompts)
-        if bbox is None and prompts.mask_input is None:  # text alone: the whole plane
-            return self._predict_everywhere(prompts, multimask, progress)
-        if bbox is None:  # a mask_input (and text) refines the previous result in its tile
-            if self.last_tile is None:
-                raise ValueError("a mask_input alone needs a previous prediction on this plane")
-            return self._predict_in_tile(self.last_tile, prompts, multimask)
+        frame = prompts.mask_input.frame if prompts.mask_input is not None else None
+        if frame is not None and frame not in self.grid.tiles:
+            frame = None  # a tile of another grid: its logits are re-sampled like a plane's
+        if bbox is None:
+            if prompts.mask_input is None:  # text alone: the whole plane
+                return "everywhere", list(self.grid.tiles), None
+            if frame is None:
+                raise ValueError("a mask_input alone on a tiled plane needs the tile it came from: "
+                                 "pass candidates.mask_prompt(i) of a prediction on this plane")
+            return "tile", [frame], None  # refine the previous result in its tile
+        if frame is not None and self.grid.margin(frame, bbox) >= 0:
+            return "tile", [frame], bbox  # refine where the previous logits came from
         tile = self.grid.choose(bbox)
-        if (prompts.mask_input is not None and self.last_tile is not None
-                and self.grid.margin(self.last_tile, bbox) >= 0):
-            tile = self.last_tile  # refine where the previous logits came from
         if tile is not None:
-            return self._predict_in_tile(tile, prompts, multimask)
-        return self._predict_merged(self.grid.overlapping(bbox), bbox, prompts, multimask)
+            return "tile", [tile], bbox
+        return "merged", self.grid.overlapping(bbox), bbox
+
+    def mask_prompt(self, mask: np.ndarray, prompts: Prompts) -> MaskPrompt | None:
+        """A plane-sized mask ``(H, W)`` (e.g. an existing label) as the mask prompt of
+        ``prompts``: low-res logits of the tile :meth:`predict` will use. None when the
+        mask is empty or the prompt needs several tiles."""
+        self._require_plane()
+        how, tiles, _ = self._plan(prompts)
+        mask = np.asarray(mask)
+        if how != "tile" or not mask.any():
+            return None
+        model = self.predictor.model
+        logits = transforms.mask_to_low_res_logits(mask[tiles[0].slices()], model.image_size, model.low_res_size)
+        return MaskPrompt(logits[None], tiles[0])
 
     def predict_boxes(self, boxes) -> list[Candidates]:
         """Segment one object per box, like :meth:`Predictor.predict_boxes`.
@@ -423,170 +489,33 @@ class TiledPredictor:
         -------
         list of N Candidates (one mask each, ``(1, H, W)``), in the order of ``boxes``.
         Boxes that one tile holds are decoded in one batch per tile; a larger box takes
-        the blended path of :meth:`predict`. Each result's ``logits`` are in the frame of
-        the tile its box used.
+        the blended path of :meth:`predict`. Each result's ``frame`` is the tile its box used.
         """
         self._require_plane()
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        for box in boxes:  # refuse a bad box before any encoder runs
-            Prompts.build(self.grid.shape, self.predictor.model.low_res_size, box=box)
-        if len(boxes) == 0:
+        # The one validation; a bad box is refused before any encoder runs.
+        prompts = [self.prompts(box=box) for box in boxes]
+        if not prompts:
             return []
-        if len(self.grid) == 1:
-            self.predictor.set_embedding(self.embedding(self.grid.tiles[0]))
-            self.last_tile = self.grid.tiles[0]
-            return self.predictor.predict_boxes(boxes)
-
-        by_tile: dict[tuple[int, int], list[int]] = {}
-        larger: list[int] = []
-        for i, box in enumerate(boxes):
-            tile = self.grid.choose(tuple(box))
-            if tile is None:
-                larger.append(i)
-            else:
-                by_tile.setdefault(tile.index, []).append(i)
+        by_tile: dict[Tile, list[int]] = {}
         results: list[Candidates | None] = [None] * len(boxes)
-        for index, members in by_tile.items():
-            tile = self.grid.tile(*index)
-            r0, c0 = tile.offset
-            height, width = tile.shape
-            local = np.clip(boxes[members] - (r0, c0, r0, c0), -0.5,
-                            [height - 0.5, width - 0.5, height - 0.5, width - 0.5])
+        for i, box_prompts in enumerate(prompts):
+            how, tiles, _ = self._plan(box_prompts)
+            if how == "tile":
+                by_tile.setdefault(tiles[0], []).append(i)
+            else:
+                results[i] = self.predict(prompts=box_prompts)
+        for tile, members in by_tile.items():
             self.predictor.set_embedding(self.embedding(tile))
+            local = [tile.to_local(prompts[i]) for i in members]
             for i, result in zip(members, self.predictor.predict_boxes(local)):
-                results[i] = self._on_plane(tile, result)
-            self.last_tile = tile
-        for i in larger:
-            results[i] = self.predict(box=boxes[i])
+                results[i] = tile.to_plane(result)
         return results
 
-    def _predict_everywhere(self, prompts: Prompts, multimask: bool, progress: Progress | None) -> Candidates:
-        """Text alone: every tile decodes the text; each core keeps its own tile's masks.
-
-        Candidates are combined rank by rank (each tile's are sorted by predicted IoU),
-        scores weighted by core area; the logits are those of the tile at the plane's centre.
-        """
-        tiles = self.grid.tiles
-        centre = self.grid.tile_at((self.grid.shape[0] - 1) / 2, (self.grid.shape[1] - 1) / 2)
-        masks = score_sum = central_logits = None
-        for done, tile in enumerate(tiles):
-            if progress is not None:
-                progress(done, len(tiles))
-            self.predictor.set_embedding(self.embedding(tile))
-            result = self.predictor.predict(text=prompts.text, multimask=multimask)
-            if masks is None:
-                masks = np.zeros((len(result),) + self.grid.shape, dtype=bool)
-                score_sum = np.zeros(len(result), np.float64)
-            r0, c0, r1, c1 = tile.core
-            w0, v0 = tile.offset
-            masks[:, r0:r1, c0:c1] = result.masks[:, r0 - w0 : r1 - w0, c0 - v0 : c1 - v0]
-            score_sum += result.scores * float((r1 - r0) * (c1 - c0))
-            if tile == centre:
-                central_logits = result.logits
-        if progress is not None:
-            progress(len(tiles), len(tiles))
-        self.last_tile = centre
-        scores = (score_sum / float(self.grid.shape[0] * self.grid.shape[1])).astype(np.float32)
-        return Candidates(masks=masks, scores=scores, logits=central_logits)
-
-    def _local_prompts(self, tile: Tile, prompts: Prompts, *, need_positive: bool) -> dict | None:
-        """The prompts in the tile's frame, points outside it dropped and the box clipped.
-
-        None when nothing is left, or with ``need_positive`` when neither a positive point
-        nor a piece of the box is left (a tile that would only see negative points).
-        """
-        r0, c0 = tile.offset
-        height, width = tile.shape
-        local: dict = {"points": None, "point_labels": None, "box": None, "mask_input": None}
-        if prompts.points is not None:
-            points = prompts.points - (r0, c0)
-            inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= height - 0.5)
-                      & (points[:, 1] >= -0.5) & (points[:, 1] <= width - 0.5))
-            if inside.any():
-                local["points"], local["point_labels"] = points[inside], prompts.point_labels[inside]
-        if prompts.box is not None:
-            box = prompts.box - (r0, c0, r0, c0)
-            if box[0] <= height - 0.5 and box[2] >= -0.5 and box[1] <= width - 0.5 and box[3] >= -0.5:
-                local["box"] = np.clip(box, -0.5, [height - 0.5, width - 0.5, height - 0.5, width - 0.5])
-        if prompts.mask_input is not None:
-            local["mask_input"] = self._shift_logits(prompts.mask_input, tile)
-        positive = local["box"] is not None or (local["points"] is not None and bool(local["point_labels"].any()))
-        if need_positive and not positive:
-            return None
-        if local["points"] is None and local["box"] is None and local["mask_input"] is None:
-            return None
-        local["text"] = prompts.text
-        return local
-
-    def _shift_logits(self, logits: np.ndarray, tile: Tile) -> np.ndarray:
-        """Low-res logits of :attr:`last_tile` re-read in ``tile``'s frame."""
-        source = self.last_tile
-        if source is None or source == tile:
-            return logits
-        from scipy import ndimage
-
-        # All windows of a grid share one shape, hence one plane-pixels-per-logit scale.
-        scale = max(tile.shape) / logits.shape[0]
-        shift = ((source.offset[0] - tile.offset[0]) / scale, (source.offset[1] - tile.offset[1]) / scale)
-        return ndimage.shift(logits, shift, order=1, mode="nearest").astype(np.float32)
-
-    def _predict_in_tile(self, tile: Tile, prompts: Prompts, multimask: bool) -> Candidates:
-        local = self._local_prompts(tile, prompts, need_positive=False)
-        if local is None:  # cannot happen: the tile was chosen to hold the prompt
+    def _predict_in_tile(self, tile: Tile, prompts: Prompts, multimask: bool,
+                         progress: Progress | None = None) -> Candidates:
+        local = tile.to_local(prompts)
+        if not local.located and local.text is None:  # cannot happen: the tile holds the prompt
             raise ValueError(f"the prompt is not inside tile {tile.index}")
-        self.predictor.set_embedding(self.embedding(tile))
-        result = self.predictor.predict(**local, multimask=multimask)
-        self.last_tile = tile
-        return self._on_plane(tile, result)
-
-    def _on_plane(self, tile: Tile, result: Candidates) -> Candidates:
-        """A tile's candidates with their masks placed on the whole plane."""
-        masks = np.zeros((len(result),) + self.grid.shape, dtype=bool)
-        masks[(slice(None),) + tile.slices()] = result.masks
-        return Candidates(masks=masks, scores=result.scores, logits=result.logits)
-
-    def _predict_merged(self, tiles: list[Tile], bbox, prompts: Prompts, multimask: bool) -> Candidates:
-        """Blend the logits of several tiles (prompts larger than one tile)."""
-        used = [(tile, local) for tile in tiles
-                if (local := self._local_prompts(tile, prompts, need_positive=True)) is not None]
-        if not used:
-            raise ValueError("the prompt has no positive point or box inside the plane")
-        top = min(t.window[0] for t, _ in used), min(t.window[1] for t, _ in used)
-        bottom = max(t.window[2] for t, _ in used), max(t.window[3] for t, _ in used)
-        region = (bottom[0] - top[0], bottom[1] - top[1])
-        centre = self.grid.tile_at((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
-
-        total = weight_sum = score_sum = None
-        tile_weight_sum = 0.0
-        central_logits, central_tile = None, None
-        for tile, local in used:
-            embedding = self.embedding(tile)
-            self.predictor.set_embedding(embedding)
-            result = self.predictor.predict(**local, multimask=multimask)
-            logits = transforms.upscale_logits(
-                torch.from_numpy(result.logits)[None], embedding.input_size, embedding.original_size,
-                embedding.image_size,
-            )[0].numpy()
-            weights = self.grid.weights(tile)
-            if total is None:
-                total = np.zeros((len(result),) + region, np.float32)
-                weight_sum = np.zeros(region, np.float32)
-                score_sum = np.zeros(len(result), np.float64)
-            rows = slice(tile.window[0] - top[0], tile.window[2] - top[0])
-            cols = slice(tile.window[1] - top[1], tile.window[3] - top[1])
-            total[:, rows, cols] += logits * weights
-            weight_sum[rows, cols] += weights
-            # Rank-wise: each tile's candidates are already sorted by predicted IoU.
-            score_sum += result.scores * float(weights.sum())
-            tile_weight_sum += float(weights.sum())
-            if central_tile is None or tile == centre:
-                central_logits, central_tile = result.logits, tile
-
-        covered = weight_sum > 0
-        blended = np.where(covered, total / np.where(covered, weight_sum, 1.0), -np.inf)
-        scores = (score_sum / tile_weight_sum).astype(np.float32)
-        order = np.argsort(-scores, kind="stable")
-        masks = np.zeros((len(scores),) + self.grid.shape, dtype=bool)
-        masks[:, top[0] : bottom[0], top[1] : bottom[1]] = blended[order] > self.predictor.model.mask_threshold
-        self.last_tile = central_tile
-        return Candidates(masks=masks, scores=scores[order], logits=central_logits[order])
+        self.predictor.set_embedding(self.embedding(tile, progress=progress))
+        return tile.to_plane(self.predictor.predict(prompts=local, multimask=multimask))

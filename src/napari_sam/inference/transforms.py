@@ -9,8 +9,17 @@ model input (``xy``)
     The plane resized so that its longest side equals the model's ``image_size``
     (aspect ratio kept), then zero-padded at the bottom and right to a square. SAM's
     prompt encoder wants ``(x, y)`` in these pixels and adds half a pixel itself.
+window / tile (``rc``)
+    A rectangle ``(r0, c0, r1, c1)`` of plane pixels (end-exclusive), e.g. a tile's
+    window, seen as a plane of its own: ``tile = plane - (r0, c0)``. A prediction in a
+    tile is a prediction on that smaller plane.
 low-res
-    Mask logits of ``low_res_size`` covering the padded square model input.
+    Mask logits of ``low_res_size`` covering the padded square model input of a plane
+    (or of a window).
+
+Pixel ``i`` is centred at ``i`` and spans ``[i - 0.5, i + 0.5]`` in every frame: a
+coordinate lies on a plane of length ``L`` when it is in ``[-0.5, L - 0.5]``
+(:func:`plane_extent_rc`); this rule is written here only.
 """
 
 from __future__ import annotations
@@ -218,3 +227,103 @@ def mask_to_low_res_logits(
     padded = F.pad(resized, (0, image_size - width, 0, image_size - height))
     coverage = F.interpolate(padded, tuple(low_res_size), mode="area")[0, 0].clamp(0.0, 1.0)
     return ((2.0 * coverage - 1.0) * magnitude).numpy().astype(np.float32)
+
+
+# ---- plane <-> window (tile) ----------------------------------------------------------
+
+# Pixel i spans [i - PIXEL_RADIUS, i + PIXEL_RADIUS] around its centre i.
+PIXEL_RADIUS = 0.5
+
+Window = tuple[int, int, int, int]
+
+
+def plane_extent_rc(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)``, each ``(2,)`` float: the ``(row, col)`` range covered by the pixels
+    of a plane of ``shape``, i.e. ``-0.5`` and ``shape - 0.5``."""
+    high = np.asarray(shape, dtype=np.float64) - PIXEL_RADIUS
+    return np.full(2, -PIXEL_RADIUS), high
+
+
+def inside_plane_rc(points_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(N,)`` bool: whether each ``(row, col)`` of ``points_rc (N, 2)`` lies on the plane's pixels."""
+    points_rc = np.asarray(points_rc, dtype=np.float64).reshape(-1, 2)
+    low, high = plane_extent_rc(shape)
+    return ((points_rc >= low) & (points_rc <= high)).all(axis=1)
+
+
+def clip_to_plane_rc(coords_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Clip ``(..., 2)`` points or ``(..., 4)`` boxes ``(r0, c0, r1, c1)`` onto the plane's pixels."""
+    coords_rc = np.asarray(coords_rc, dtype=np.float64)
+    low, high = plane_extent_rc(shape)
+    repeat = coords_rc.shape[-1] // 2
+    return np.clip(coords_rc, np.tile(low, repeat), np.tile(high, repeat))
+
+
+def box_meets_plane_rc(box_rc: np.ndarray, shape: tuple[int, int]) -> bool:
+    """Whether the box ``(r0, c0, r1, c1)`` shares any area with the plane's pixels."""
+    low, high = plane_extent_rc(shape)
+    box_rc = np.asarray(box_rc, dtype=np.float64)
+    return bool((box_rc[:2] <= high).all() and (box_rc[2:] >= low).all())
+
+
+def nearest_pixel(coordinate: float) -> int:
+    """Index of the pixel whose area holds ``coordinate`` (halves round up)."""
+    return int(math.floor(coordinate + PIXEL_RADIUS))
+
+
+def window_extent(start: int, end: int) -> tuple[float, float]:
+    """``(low, high)`` coordinates of the area of pixels ``start .. end - 1`` on one axis."""
+    return start - PIXEL_RADIUS, end - PIXEL_RADIUS
+
+
+def plane_to_window_rc(coords_rc: np.ndarray, window: Window) -> np.ndarray:
+    """``(..., 2)`` points or ``(..., 4)`` boxes from plane ``(row, col)`` to the window's frame."""
+    coords_rc = np.asarray(coords_rc, dtype=np.float64)
+    return coords_rc - np.tile(window[:2], coords_rc.shape[-1] // 2)
+
+
+def window_to_plane_rc(coords_rc: np.ndarray, window: Window) -> np.ndarray:
+    """Inverse of :func:`plane_to_window_rc`."""
+    coords_rc = np.asarray(coords_rc, dtype=np.float64)
+    return coords_rc + np.tile(window[:2], coords_rc.shape[-1] // 2)
+
+
+def window_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
+    """Index the pixels of ``inner`` out of an array covering ``outer`` (``inner`` inside it)."""
+    return (slice(inner[0] - outer[0], inner[2] - outer[0]), slice(inner[1] - outer[1], inner[3] - outer[1]))
+
+
+def window_to_plane_masks(masks: np.ndarray, window: Window, shape: tuple[int, int]) -> np.ndarray:
+    """``(N, h, w)`` masks of a window -> ``(N, H, W)`` masks of the plane, False outside it."""
+    out = np.zeros((len(masks),) + tuple(shape), dtype=masks.dtype)
+    out[(slice(None),) + window_slices(window, (0, 0) + tuple(shape))] = masks
+    return out
+
+
+def resample_low_res(logits: np.ndarray, source: Window, target: Window) -> np.ndarray:
+    """Low-res logits ``(..., h, w)`` of window ``source`` re-read in window ``target``'s frame.
+
+    Both windows are in one plane's pixels. Low-res pixel ``u`` of a window of longest side
+    ``n`` covers plane rows ``r0 + (n / h) * (u + 0.5) - 0.5`` (the model input keeps the
+    aspect ratio; the short side's rounding is ignored). Bilinear, edges extended.
+    Windows of one shape (one tile grid) differ by a shift only.
+    """
+    if tuple(source) == tuple(target):
+        return logits
+    from scipy import ndimage
+
+    logits = np.asarray(logits, dtype=np.float32)
+    size = logits.shape[-2:]
+    lead = (0,) * (logits.ndim - 2)
+    source_scale = np.array([max(source[2] - source[0], source[3] - source[1]) / n for n in size])
+    target_scale = np.array([max(target[2] - target[0], target[3] - target[1]) / n for n in size])
+    shift = (np.asarray(source[:2], np.float64) - np.asarray(target[:2], np.float64)) / source_scale
+    if np.array_equal(source_scale, target_scale):
+        return ndimage.shift(logits, lead + tuple(shift), order=1, mode="nearest").astype(np.float32)
+    zoom = target_scale / source_scale
+    # target u' -> plane -> source u = zoom * u' + (0.5 * zoom - 0.5) - shift
+    offset = 0.5 * zoom - 0.5 - shift
+    return ndimage.affine_transform(
+        logits, np.concatenate([np.ones(len(lead)), zoom]), offset=np.concatenate([np.zeros(len(lead)), offset]),
+        order=1, mode="nearest",
+    ).astype(np.float32)
