@@ -44,3 +44,28 @@ def ellipse(shape, centre, radii) -> np.ndarray:
     """A boolean filled ellipse of ``radii`` (rows, cols) at ``centre`` in an array of ``shape``."""
     rows, cols = np.ogrid[: shape[0], : shape[1]]
     return ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1
+
+
+# TINY as save_model records it and detect_architecture reports it: the decoder defaults filled in.
+TINY_SAVED = {**TINY, "text_dim": 0}
+
+
+def randomized(model, seed: int = 0):
+    """``model`` with every floating-point tensor moved off its initial value, so that loading is observable."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict(keep_vars=True).values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator))
+    return model
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    import torch
+
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
