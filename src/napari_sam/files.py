@@ -74,13 +74,25 @@ def atomic_write_tiff(path: str | os.PathLike, data: np.ndarray, **kwargs: Any) 
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF (any dtype, any number of planes) or a PNG / JPEG / BMP file into memory."""
+    """Read a whole TIFF (any dtype, any number of planes) or a PNG / JPEG / BMP file into memory.
+
+    Raises :class:`napari_sam.io.ImageReadError` (naming the file) for a corrupt, truncated
+    or too large file, before allocating; ``FileNotFoundError`` for a missing one.
+    """
+    from .io import ImageReadError, check_plane_size, first_line, open_stack, read_plane
+
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return read_plane(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
         import tifffile
 
+        with open_stack(path) as stack:
+            check_plane_size(stack.shape, stack.dtype, path)
         return tifffile.imread(path)
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image)
+    except ImageReadError:
+        raise
+    except Exception as error:  # zlib.error, struct.error, tifffile errors ...
+        raise ImageReadError(f"{path}: cannot read this image ({first_line(error)})") from None

@@ -36,9 +36,38 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-__all__ = ["LazyStack", "open_stack", "TIFF_SUFFIXES"]
+__all__ = ["ImageReadError", "LazyStack", "open_stack", "read_plane", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
+# A plane may take at most this share of physical memory (NAPARI_SAM_MAX_PLANE_BYTES overrides).
+PLANE_MEMORY_SHARE = 0.25
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read: corrupt, truncated, or claiming an impossible size."""
+
+
+def plane_size_limit() -> int:
+    """The largest plane, in bytes, that a read may allocate."""
+    override = os.environ.get("NAPARI_SAM_MAX_PLANE_BYTES")
+    if override:
+        return int(override)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: assume 8 GiB
+        physical = 8 << 30
+    return int(physical * PLANE_MEMORY_SHARE)
+
+
+def check_plane_size(shape: tuple[int, ...], dtype, path: str | os.PathLike) -> None:
+    """Refuse, before allocating, an array (a plane, or a whole stack) of ``shape`` and ``dtype`` larger than :func:`plane_size_limit`."""
+    size = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    limit = plane_size_limit()
+    if size > limit:
+        raise ImageReadError(
+            f"{path}: one plane of shape {tuple(shape)} {np.dtype(dtype).name} needs {size / 2**30:.1f} GiB, "
+            f"more than the {limit / 2**30:.1f} GiB allowed (set NAPARI_SAM_MAX_PLANE_BYTES to raise it)"
+        )
 
 
 class _TiffSource:
@@ -74,6 +103,14 @@ class _TiffSource:
             # A contiguous, uncompressed series has a single data offset and can be mapped.
             self.offset = info.dataoffset if not getattr(info, "is_multifile", False) else None
             self.file_dtype = self.dtype.newbyteorder(tif.byteorder)
+        if self.offset is not None:  # uncompressed: the header's size must fit in the file
+            claimed = self.offset + math.prod(self.shape) * self.dtype.itemsize
+            actual = os.path.getsize(self.path)
+            if claimed > actual:
+                raise ImageReadError(
+                    f"{self.path}: the header describes {claimed} bytes of pixels but the file has {actual}: "
+                    "truncated or corrupt"
+                )
         self.ndim = len(self.shape)
         self.plane_ndim = 3 if self.axes.endswith("S") and self.ndim >= 3 else 2
         self._lock = threading.Lock()
@@ -308,6 +345,62 @@ def open_stack(path: str | os.PathLike, *, series: int = 0, level: int = 0, bloc
     elif "S" in axes and not axes.endswith("S"):
         axes = axes.replace("S", "C")  # samples that are not colour: treat as channels
     return LazyStack(data, axes, path=str(path), source=source)
+
+
+def read_plane(path: str | os.PathLike, index=None) -> np.ndarray:
+    """Read one 2D plane ``(Y, X)`` or ``(Y, X, S)`` of an image file, checking its size first.
+
+    Parameters
+    ----------
+    path : a TIFF (any axes; only the requested plane is read) or a PNG / JPEG / BMP file.
+    index : int or tuple, optional
+        The plane of a stack, as :meth:`LazyStack.plane` takes it (a flat plane number or
+        one index per leading axis). Required when the file has more than one plane.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ImageReadError
+        Corrupt, truncated or too large for memory (one line naming the file and the problem).
+    IndexError
+        ``index`` does not name a plane of the file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        if path.name.lower().endswith(TIFF_SUFFIXES):
+            with open_stack(path) as stack:
+                if index is None and stack.n_planes != 1:
+                    raise IndexError(
+                        f"{path} holds {stack.n_planes} planes (axes {stack.axes!r}, shape {stack.shape}); "
+                        "choose one, e.g. plane 0"
+                    )
+                check_plane_size(stack.plane_shape, stack.dtype, path)
+                return stack.plane(() if index is None else index)
+        return _read_pillow(path, index)
+    except (ImageReadError, IndexError, FileNotFoundError, MemoryError):
+        raise
+    except Exception as error:  # zlib.error, struct.error, tifffile / PIL errors ...
+        raise ImageReadError(f"{path}: cannot read this image ({first_line(error)})") from None
+
+
+def _read_pillow(path: Path, index) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:  # raises DecompressionBombError past Pillow's pixel limit
+        if index not in (None, 0, (), (0,)):
+            raise IndexError(f"{path} holds one plane; plane {index} requested")
+        bands = len(image.getbands())
+        dtype = np.uint16 if image.mode.startswith("I;16") else np.uint8
+        check_plane_size((image.height, image.width, bands), dtype, path)
+        return np.asarray(image)
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _default_axes(shape: tuple[int, ...]) -> str:
