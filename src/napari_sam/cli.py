@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -10,6 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .console import set_summary
+
+
+QUIET_HELP = "no progress and no output but the final one-line summary (errors still go to stderr)"
 
 
 def _pair(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -74,7 +80,7 @@ def _read_other(path: str) -> np.ndarray:
 
 def _cmd_segment(args) -> int:
     from . import Predictor, load_model
-    from .inference.tiling import TiledPredictor
+    from .annotate import AnnotationSession, PromptSet, paint
 
     if not (args.point or args.negative or args.box or args.text):
         raise SystemExit(
@@ -88,40 +94,33 @@ def _cmd_segment(args) -> int:
     model = load_model(args.model, device=args.device)
     # Native-resolution tiles: a plane larger than the model input is not shrunk to it
     # (small nuclei would vanish); no larger, it is exactly Predictor on the whole plane.
-    predictor = TiledPredictor(Predictor(model))
+    # The same session, dispatch and painting rule as the Annotate widget.
+    session = AnnotationSession(Predictor(model))
     start = time.perf_counter()
-    predictor.set_plane(plane)
+    session.set_plane(args.image or args.sample, plane)
     embed_s = time.perf_counter() - start
 
-    labels = np.zeros(plane.shape[:2], dtype=np.uint16)
     start = time.perf_counter()
-    if len(args.box) > 1 and not (args.point or args.negative or args.text):
-        results = predictor.predict_boxes(args.box)
-    else:
-        points = list(args.point) + list(args.negative)
-        point_labels = [1] * len(args.point) + [0] * len(args.negative)
-        results = [
-            predictor.predict(
-                points=points or None,
-                point_labels=point_labels or None,
-                box=args.box[0] if args.box else None,
-                text=args.text,
-            )
-        ]
-    for label, candidates in enumerate(results, start=1):
-        # Earlier objects keep their pixels: later ones fill only background.
-        labels[candidates.best & (labels == 0)] = label
+    prompt_set = PromptSet.make(
+        list(args.point) + list(args.negative), [1] * len(args.point) + [0] * len(args.negative), args.box, args.text
+    )
+    if prompt_set.points_ignored:
+        print("several boxes: one object per box, the points are not used")
+    session.show(session.predict(session.request(prompt_set, split=args.split)))
+    for label, candidates in enumerate(session.candidates, start=1):
         print(f"object {label}: {int(candidates.best.sum())} px, predicted IoU {candidates.scores[0]:.3f}")
-    if args.split:
-        from .inference.objects import split_objects
-
-        pieces = split_objects(labels > 0)
-        if pieces.max() > np.iinfo(labels.dtype).max:
-            raise SystemExit(f"error: {pieces.max()} objects do not fit a uint16 labels image")
-        labels = pieces.astype(labels.dtype)
-        print(f"split into {int(labels.max())} objects")
+    # New labels from 1; earlier objects keep their pixels, later ones fill only background.
+    plan = session.plan_commit(next_id=1, split=args.split)
+    labels = np.zeros(plane.shape[:2], dtype=np.uint16)
+    if plan.values and plan.values[-1] > np.iinfo(labels.dtype).max:
+        raise SystemExit(f"error: {plan.values[-1]} objects do not fit a uint16 labels image")
+    paint(labels, plan).apply(labels)
+    if args.split and len(session.candidates) == 1:
+        print(f"split into {len(plan.values)} objects")
     decode_s = time.perf_counter() - start
     write_tiff_atomic(out, labels)
+    count = int(labels.max())
+    set_summary(f"wrote {out}: {count} object{'' if count == 1 else 's'} on a {labels.shape[0]}x{labels.shape[1]} plane")
     print(f"setup {embed_s:.2f} s, embedding + masks {decode_s * 1000:.0f} ms; wrote {out} ({labels.shape[0]}x{labels.shape[1]} uint16)")
     if args.save_image:
         write_tiff_atomic(args.save_image, np.asarray(plane))
@@ -135,18 +134,25 @@ def _cmd_models(args) -> int:
         path = (_BUNDLED_DIR if spec.bundled else cache_dir()) / spec.filename
         state = "present" if path.exists() else ("missing" if spec.bundled else "not downloaded")
         print(f"{spec.name:8s} {spec.description}\n         {path} ({state})")
+    set_summary(f"{len(MODELS)} named models")
     return 0
 
 
 def _cmd_fetch(args) -> int:
     from .checkpoints import fetch_weights
 
-    print(fetch_weights(args.name))
+    path = fetch_weights(args.name)
+    print(path)
+    set_summary(f"{args.name} weights at {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="napari-sam", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (napari-samscope)")
+    parser.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment objects in a 2D plane from point / box prompts")
@@ -157,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--point", type=_point, action="append", default=[], help="positive point row,col (repeatable)")
     seg.add_argument("--negative", type=_point, action="append", default=[], help="negative point row,col")
     seg.add_argument("--box", type=_box, action="append", default=[],
-                     help="box r0,c0,r1,c1; several boxes alone segment one object each")
+                     help="box r0,c0,r1,c1; several boxes segment one object each (points are then not "
+                          "used; a --text goes with every box)")
     seg.add_argument("--text", help='kind of object, e.g. "nucleus" (alone: every object of that kind as one mask)')
     seg.add_argument("--split", action="store_true",
                      help="write the mask as one label per object (connected pieces, touching ones cut at "
@@ -181,17 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embed_parser(sub)
     add_finetune_parser(sub)
+    for command in sub.choices.values():
+        # Also after the sub-command (`napari-sam segment ... --quiet`); SUPPRESS keeps a
+        # --quiet given before it.
+        command.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.set_quiet(args.quiet)
+    console.take_summary()
+    start = time.perf_counter()
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as stack:
+            if args.quiet:
+                # The command's own lines go nowhere; the summary line below still prints.
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            status = int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+        # A failure's last line is its error (here, or a command's SystemExit message).
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if status == 0:
+        print(console.summary_line(parser.prog, args.command, time.perf_counter() - start), flush=True)
+    return status
 
 
 if __name__ == "__main__":
