@@ -46,6 +46,14 @@ def test_several_boxes_give_one_label_each(model_file, stack, tmp_path):
     assert set(np.unique(tifffile.imread(out))) <= {0, 1, 2}
 
 
+def test_several_boxes_with_a_point_are_one_object_each_as_in_the_widget(model_file, stack, tmp_path, capsys):
+    out = tmp_path / "labels.tif"
+    args = ["segment", str(stack), "--plane", "0", "--box", "5,5,25,30", "--box", "30,40,55,75", "--point", "10,10"]
+    assert main(args + ["--model", str(model_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "object 2:" in printed and "points are not used" in printed
+
+
 def test_existing_output_is_never_overwritten_without_asking(model_file, stack, tmp_path):
     out = tmp_path / "labels.tif"
     out.write_bytes(b"precious")
