@@ -11,7 +11,7 @@ machine load hit both alike. Reports medians and the ratio reference / ours. Eve
 - encoder: ``SamPredictor.set_image`` vs ``Predictor.set_image`` (resize, normalise, encode);
 - click to masks: one positive point, three candidates at image resolution, with the
   embedding cached: ``SamPredictor.predict`` vs ``Predictor.predict``;
-- ``--fast``: the same for ``speed.fast_mode(model)``, plus the agreement of its top mask
+- ``--fast``: the same for ``fast_mode(model)`` (``napari_sam.model.fast``), plus the agreement of its top mask
   with exact mode's (IoU) on real nuclei images in ``--eval-dir`` (BBBC007, CTC HeLa, a cells3d plane) (a point at each
   labelled object's centre). With random weights the masks mean nothing as
   segmentations; the agreement only measures how far fast mode moves the output.
@@ -83,7 +83,7 @@ def bench_model(model_type: str, size: int, repeats: int, clicks: int, fast: boo
     ours_model.load_state_dict(ref_model.state_dict(), strict=True)
     ours_model = ours_model.to(device)
     if fast:
-        from napari_sam.speed import fast_mode
+        from napari_sam.model.fast import fast_mode
 
         ours_model = fast_mode(ours_model)
     ref = SamPredictor(ref_model)
@@ -137,7 +137,7 @@ def fast_mode_agreement(model_type: str, eval_dir: Path, device: torch.device) -
     import tifffile
     from scipy import ndimage
 
-    from napari_sam.speed import fast_mode
+    from napari_sam.model.fast import fast_mode
 
     exact_model = build_sam(model_type)
     exact_model.load_state_dict(reference.build_reference(model_type, seed=0).state_dict(), strict=True)

@@ -7,7 +7,7 @@ bias. A convolutional neck maps the token grid to ``out_chans`` channels.
 With autograd (training) the plain batched code below runs. Without it
 (``torch.is_grad_enabled()`` False, as under ``Predictor``), the same function is
 computed in chunks with bounded temporaries, fused kernels and in-place residual sums;
-see :mod:`napari_sam.speed` for why.
+see :mod:`napari_sam.model.kernels` for why.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import chunk_length, linear, linear_weights, mlp_, run_sequential
 from .common import LayerNorm2d, MLPBlock
+from .kernels import chunk_length, linear, linear_weights, mlp_, run_sequential
+from .windows import window_attention, window_partition, window_unpartition
 
 # Fewest queries per flash-attention call in the chunked path (see Attention.attend).
 MIN_QUERIES = 1024
@@ -212,33 +213,6 @@ class Attention(nn.Module):
         return bias.reshape(*q.shape[:3], table_h.shape[1] * table_w.shape[1])
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Split ``(B, H, W, C)`` into ``(B * nWin, window, window, C)``, zero-padding H and W."""
-    batch, height, width, channels = x.shape
-    pad_h = (window - height % window) % window
-    pad_w = (window - width % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    padded_h, padded_w = height + pad_h, width + pad_w
-    x = x.view(batch, padded_h // window, window, padded_w // window, window, channels)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, channels)
-    return windows, (padded_h, padded_w)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded_size: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, dropping the padding."""
-    padded_h, padded_w = padded_size
-    height, width = size
-    batch = windows.shape[0] // ((padded_h // window) * (padded_w // window))
-    x = windows.view(batch, padded_h // window, padded_w // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
-    if padded_h > height or padded_w > width:
-        x = x[:, :height, :width, :].contiguous()
-    return x
-
-
 class Block(nn.Module):
     """Pre-norm transformer block; windowed attention when ``window_size > 0``."""
 
@@ -292,44 +266,16 @@ class Block(nn.Module):
         return mlp_(self.norm2, self.mlp.lin1, self.mlp.act, self.mlp.lin2, x)
 
     def _window_attention(self, normed: torch.Tensor) -> torch.Tensor:
-        """Inference: windowed attention of ``(B, H, W, D)`` normed tokens, bands of window rows at a time.
-
-        Returns the attention output on the padded grid ``(B, Hp, Wp, D)``. Padding
-        tokens are zero after the norm, so their q, k and v are the qkv layer's output
-        for a zero token: the qkv layer only sees real tokens.
-        """
-        attn, window = self.attn, self.window_size
-        batch, height, width, dim = normed.shape
-        heads = attn.num_heads
-        padded_h, padded_w = height + (-height % window), width + (-width % window)
-        grid_w = padded_w // window
-        pad_value = linear(attn.qkv, normed.new_zeros(1, dim))[0]
-        row_bytes = batch * window * padded_w * 3 * dim * normed.element_size()
-        band = window * chunk_length(padded_h // window, row_bytes, device=normed.device)
-        out = normed.new_empty(batch, padded_h, padded_w, dim)
-        tables = attn.rel_pos_tables(window, window) if attn.use_rel_pos else None
-        for row in range(0, padded_h, band):
-            rows = min(padded_h - row, band)  # padded rows in this band
-            real = max(0, min(height - row, rows))
-            qkv = linear(attn.qkv, normed[:, row : row + real])
-            if (real, width) != (rows, padded_w):
-                padded = pad_value.expand(batch, rows, padded_w, 3 * dim).clone()
-                padded[:, :real, :width] = qkv
-                qkv = padded
-            grid_h = rows // window
-            # (B, gh, ws, gw, ws, 3, heads, C) -> (3, B * gh * gw, heads, ws * ws, C)
-            q, k, v = (
-                qkv.view(batch, grid_h, window, grid_w, window, 3, heads, dim // heads)
-                .permute(5, 0, 1, 3, 6, 2, 4, 7)
-                .reshape(3, batch * grid_h * grid_w, heads, window * window, dim // heads)
-                .unbind(0)
-            )
-            attended = attn.attend(q, k, v, window, window, tables)  # (windows, heads, ws * ws, C)
-            # -> (B, gh, ws, gw, ws, heads, C), the band's rows of the padded grid
-            out[:, row : row + rows].view(batch, grid_h, window, grid_w, window, heads, dim // heads).copy_(
-                attended.view(batch, grid_h, grid_w, heads, window, window, -1).permute(0, 1, 4, 2, 5, 3, 6)
-            )
-        return out
+        """Inference: windowed attention of normed tokens ``(B, H, W, D) -> (B, Hp, Wp, D)`` (padded, unprojected)."""
+        attn = self.attn
+        tables = attn.rel_pos_tables(self.window_size, self.window_size) if attn.use_rel_pos else None
+        return window_attention(
+            normed,
+            self.window_size,
+            attn.num_heads,
+            qkv=lambda tokens: linear(attn.qkv, tokens),
+            attend=lambda q, k, v: attn.attend(q, k, v, self.window_size, self.window_size, tables),
+        )
 
 
 class ImageEncoderViT(nn.Module):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import gelu_, linear_weights, run_sequential
 from .common import MLP, LayerNorm2d
+from .kernels import gelu_, linear_weights, run_sequential
 from .transformer import FirstLayerImage, TwoWayTransformer
 
 

@@ -12,7 +12,7 @@ weights (including the unused classification head) load with `strict=True`.
 With autograd (training) the plain code runs. Without it (inference, as under
 `Predictor`), the same function runs channels-last with batch norms folded into their
 convolutions, GELUs in place, windowed attention over real tokens only and MLPs over
-token chunks; see :mod:`napari_sam.speed`.
+token chunks; see :mod:`napari_sam.model.kernels`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import chunk_length, gelu_, linear, linear_weights, mlp_, run_sequential
 from .common import LayerNorm2d
+from .kernels import chunk_length, gelu_, linear, linear_weights, mlp_, run_sequential
+from .windows import window_attention, window_partition, window_unpartition
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class ConvBN(nn.Module):
     def fused(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """Inference: one convolution with the batch norm folded in, then an exact GELU
         (in place) when ``gelu``. A 1x1 convolution of a channels-last map runs as a
-        linear layer over its pixels, with the GELU fused (oneDNN, see ``speed.linear``)."""
+        linear layer over its pixels, with the GELU fused (oneDNN, see ``kernels.linear``)."""
         weight, bias = self.folded()
         conv = self.c
         pointwise = conv.kernel_size == conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
@@ -273,25 +274,10 @@ class TinyViTBlock(nn.Module):
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C), attention within non-overlapping windows."""
-        batch, height, width, chans = x.shape
         ws = self.window_size
-        pad_h, pad_w = -height % ws, -width % ws
-        # Padded positions are zero tokens that take part as keys (no mask): the
-        # trained weights expect exactly that, so it is kept.
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        rows, cols = (height + pad_h) // ws, (width + pad_w) // ws
-        windows = (
-            x.view(batch, rows, ws, cols, ws, chans)
-            .transpose(2, 3)
-            .reshape(batch * rows * cols, ws * ws, chans)
-        )
-        x = (
-            self.attn(windows)
-            .view(batch, rows, cols, ws, ws, chans)
-            .transpose(2, 3)
-            .reshape(batch, rows * ws, cols * ws, chans)
-        )
-        return x[:, :height, :width]
+        windows, padded = window_partition(x, ws)  # (B * nWin, ws, ws, C)
+        attended = self.attn(windows.flatten(1, 2)).view(windows.shape)
+        return window_unpartition(attended, ws, padded, x.shape[1:3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) channels-last -> (B, H, W, C)."""
@@ -313,39 +299,19 @@ class TinyViTBlock(nn.Module):
     def _padded_window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: :meth:`window_attention` on the padded grid, ``(B, H, W, C) -> (B, Hp, Wp, C)``.
 
-        Padding tokens are zero before the attention's norm, so their q, k and v are the
-        same for all: the norm and the qkv layer only see real tokens.
+        Padding tokens are zero before the attention's norm, so the norm and the qkv layer
+        only see real tokens (see :func:`~napari_sam.model.windows.window_attention`).
         """
-        attn, window = self.attn, self.window_size
-        batch, height, width, chans = x.shape
-        heads, head_dim = attn.num_heads, attn.head_dim
-        padded_h, padded_w = height + (-height % window), width + (-width % window)
-        grid_w = padded_w // window
-        pad_value = linear(attn.qkv, attn.norm(x.new_zeros(1, chans)))[0]
+        attn = self.attn
         bias = attn.attention_biases[:, attn.attention_bias_idxs].to(x.dtype)[None]  # (1, heads, N, N)
-        row_bytes = batch * window * padded_w * 3 * chans * x.element_size()
-        band = window * chunk_length(padded_h // window, row_bytes, device=x.device)
-        out = x.new_empty(batch, padded_h, padded_w, chans)
-        for row in range(0, padded_h, band):
-            rows = min(padded_h - row, band)  # padded rows in this band
-            real = max(0, min(height - row, rows))
-            qkv = linear(attn.qkv, attn.norm(x[:, row : row + real]))
-            if (real, width) != (rows, padded_w):
-                padded = pad_value.expand(batch, rows, padded_w, 3 * chans).clone()
-                padded[:, :real, :width] = qkv
-                qkv = padded
-            grid_h = rows // window
-            # Features are laid out (heads, [q|k|v], C): -> (3, windows, heads, ws * ws, C)
-            q, k, v = (
-                qkv.view(batch, grid_h, window, grid_w, window, heads, 3, head_dim)
-                .permute(6, 0, 1, 3, 5, 2, 4, 7)
-                .reshape(3, batch * grid_h * grid_w, heads, window * window, head_dim)
-                .unbind(0)
-            )
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            out[:, row : row + rows].view(batch, grid_h, window, grid_w, window, heads, head_dim).copy_(
-                attended.view(batch, grid_h, grid_w, heads, window, window, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
-            )
+        out = window_attention(
+            x,
+            self.window_size,
+            attn.num_heads,
+            qkv=lambda tokens: linear(attn.qkv, attn.norm(tokens)),
+            attend=lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+            heads_outer=True,
+        )
         return linear(attn.proj, out)
 
 

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import napari_sam
-from napari_sam import speed
 from napari_sam.inference import transforms
-from napari_sam.model import build_sam
+from napari_sam.model import build_sam, kernels
 from napari_sam.model import image_encoder as vit
+from napari_sam.model.fast import fast_mode
 from napari_sam.model.tiny_vit import TinyViT
 from napari_sam.model.transformer import Attention
 from napari_sam.training.lora import apply_lora
@@ -64,8 +64,8 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RT
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Budgets small enough that every chunked loop takes several turns."""
-    monkeypatch.setattr(speed, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(speed, "DEVICE_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(kernels, "DEVICE_CHUNK_BYTES", 4096)
     monkeypatch.setattr(vit, "MIN_QUERIES", 1)
 
 
@@ -81,7 +81,7 @@ def small_sam() -> napari_sam.model.Sam:
 @pytest.mark.parametrize("total", [1, 7, 100, 4096])
 @pytest.mark.parametrize("item_bytes, budget", [(1, 1), (4, 64), (3072 * 4, 30 << 20), (10**9, 16)])
 def test_chunks_are_even_within_budget_and_cover_everything(total, item_bytes, budget):
-    length = speed.chunk_length(total, item_bytes, budget)
+    length = kernels.chunk_length(total, item_bytes, budget)
     assert 1 <= length <= total
     assert length * item_bytes <= budget or length == 1
     chunks = -(-total // length)
@@ -134,8 +134,8 @@ def test_oneDNN_linear_matches_torch_linear():
     layer = nn.Linear(48, 80)
     x = torch.randn(3, 5, 48)
     with torch.no_grad():
-        _assert_close(speed.linear(layer, x), layer(x))
-        _assert_close(speed.linear(layer, x, gelu=True), F.gelu(layer(x)))
+        _assert_close(kernels.linear(layer, x), layer(x))
+        _assert_close(kernels.linear(layer, x, gelu=True), F.gelu(layer(x)))
 
 
 # -- TinyViT ----------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def _blobs(size: int = 112) -> tuple[np.ndarray, list[tuple[int, int]]]:
 
 def test_fast_mode_is_a_separate_model_usable_by_predictor(small_sam):
     reference_state = {k: v.clone() for k, v in small_sam.state_dict().items()}
-    fast = speed.fast_mode(small_sam)
+    fast = fast_mode(small_sam)
     assert fast is not small_sam
     assert fast.config["fast_mode"] != "none"
     for key, value in small_sam.state_dict().items():  # the exact model is untouched
@@ -356,7 +356,7 @@ def test_fast_mode_is_a_separate_model_usable_by_predictor(small_sam):
 def test_fast_mode_on_tiny_vit_keeps_the_prompt_path_exact():
     torch.manual_seed(0)
     sam = build_sam("vit_t")
-    fast = speed.fast_mode(sam)
+    fast = fast_mode(sam)
     # Only the image encoder changes; the prompt encoder and decoder are the same.
     for name, value in sam.state_dict().items():
         if not name.startswith("image_encoder."):
@@ -415,7 +415,7 @@ def test_cuda_predictor_agrees_with_cpu_predictor(small_sam):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_fast_mode_runs_in_half_precision(small_sam):
-    fast = speed.fast_mode(small_sam.cuda())
+    fast = fast_mode(small_sam.cuda())
     assert next(fast.image_encoder.parameters()).dtype == torch.float16
     image, centres = _blobs()
     predictor = napari_sam.Predictor(fast)
