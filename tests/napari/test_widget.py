@@ -115,14 +115,23 @@ def disk(shape, centre, radius):
     return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
 
 
+def raw(prompts):
+    """The fields of the ``Prompts`` (tile frame) a TiledPredictor hands its Predictor."""
+    mask = None if prompts.mask_input is None else prompts.mask_input.logits[0]
+    return {"points": prompts.points, "point_labels": prompts.point_labels, "box": prompts.box,
+            "mask_input": mask, "text": prompts.text}
+
+
 def fake_decoder(widget, monkeypatch, radius=6):
     """Make the decoder answer a disk around the first point (or box centre); record calls."""
     calls = []
     predictor = widget.predictor
 
-    def predict(points=None, point_labels=None, box=None, mask_input=None, multimask=None, **kwargs):
-        calls.append({"points": points, "labels": point_labels, "box": box, "mask_input": mask_input,
-                      "text": kwargs.get("text")})
+    def predict(*, prompts, multimask=None):
+        fields = raw(prompts)
+        points, box = fields["points"], fields["box"]
+        calls.append({"points": points, "labels": fields["point_labels"], "box": box,
+                      "mask_input": fields["mask_input"], "text": fields["text"]})
         shape = predictor.embedding.original_size
         centre = points[0] if points is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         mask = disk(shape, np.round(centre), radius)
@@ -223,9 +232,9 @@ def test_added_point_refines_from_the_chosen_candidates_logits(start, qtbot, tin
     calls = []
     original = widget.predictor.predict
 
-    def spy(points=None, point_labels=None, box=None, mask_input=None, multimask=None, **kwargs):
-        calls.append({"points": points, "point_labels": point_labels, "mask_input": mask_input})
-        return original(points, point_labels, box, mask_input, multimask, **kwargs)
+    def spy(*, prompts, multimask=None):
+        calls.append(raw(prompts))
+        return original(prompts=prompts, multimask=multimask)
 
     monkeypatch.setattr(widget.predictor, "predict", spy)
     add_point(qtbot, widget, (100, 100))
@@ -551,9 +560,9 @@ def test_typed_text_alone_previews_every_tile_merged_and_commits_one_label(
     texts = []
     original = widget.predictor.predict
 
-    def spy(*args, text=None, **kwargs):
-        result = original(*args, text=text, **kwargs)  # the real text path runs
-        texts.append(text)
+    def spy(*, prompts, multimask=None):
+        result = original(prompts=prompts, multimask=multimask)  # the real text path runs
+        texts.append(prompts.text)
         # A known answer, whatever the random model says: the tile's whole window.
         return Candidates(masks=np.ones_like(result.masks), scores=result.scores, logits=result.logits)
 
@@ -576,9 +585,9 @@ def test_text_with_a_point_asks_for_the_object_under_it(start, qtbot, text_model
     calls = []
     original = widget.predictor.predict
 
-    def spy(points=None, point_labels=None, box=None, mask_input=None, multimask=None, text=None):
-        calls.append({"points": points, "text": text, "mask_input": mask_input})
-        return original(points, point_labels, box, mask_input, multimask, text=text)
+    def spy(*, prompts, multimask=None):
+        calls.append(raw(prompts))
+        return original(prompts=prompts, multimask=multimask)
 
     monkeypatch.setattr(widget.predictor, "predict", spy)
     enter_text(qtbot, widget, "nucleus")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..inference import transforms
+
 # Points layer feature holding each point's sign.
 SIGN_FEATURE = "prompt"
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -219,13 +221,6 @@ def world_to_plane(image_layer, ref: PlaneRef, world: np.ndarray) -> tuple[np.nd
     return data[:, -2:], on_plane
 
 
-def inside_plane(rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``(N,)`` True where ``(row, col)`` lies on the plane's pixels (pixel i spans i +- 0.5)."""
-    rc = np.asarray(rc, dtype=float).reshape(-1, 2)
-    limits = np.asarray(shape, dtype=float) - 0.5
-    return ((rc >= -0.5) & (rc <= limits)).all(axis=1)
-
-
 # --------------------------------------------------------------------------- prompts
 
 
@@ -265,7 +260,7 @@ def points_prompt(points_layer, image_layer, ref: PlaneRef, world_point) -> tupl
         return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
     world = layer_to_world(points_layer, points_layer.data, world_point)
     rc, on_plane = world_to_plane(image_layer, ref, world)
-    keep = on_plane & inside_plane(rc, ref.shape)
+    keep = on_plane & transforms.inside_plane_rc(rc, ref.shape)
     return rc[keep], point_signs(points_layer)[keep]
 
 
@@ -278,15 +273,14 @@ def boxes_prompt(shapes_layer, image_layer, ref: PlaneRef, world_point) -> np.nd
     boxes = []
     if shapes_layer is None:
         return np.zeros((0, 4))
-    limits = np.asarray(ref.shape, dtype=float) - 0.5
     for vertices, shape_type in zip(shapes_layer.data, shapes_layer.shape_type):
         if shape_type not in BOX_SHAPE_TYPES:
             continue
         rc, on_plane = world_to_plane(image_layer, ref, layer_to_world(shapes_layer, vertices, world_point))
         if not on_plane.all():
             continue
-        low = np.clip(rc.min(axis=0), -0.5, limits)
-        high = np.clip(rc.max(axis=0), -0.5, limits)
+        low = transforms.clip_to_plane_rc(rc.min(axis=0), ref.shape)
+        high = transforms.clip_to_plane_rc(rc.max(axis=0), ref.shape)
         if (high - low).min() < 1.0:  # outside the image, or a zero-area click
             continue
         boxes.append(np.concatenate([low, high]))

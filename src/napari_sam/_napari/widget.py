@@ -38,7 +38,6 @@ from qtpy.QtWidgets import (
 from . import layers as L
 from .encoding import EncodingCancelled, watch_encoder
 from ..inference.objects import split_objects
-from ..inference.transforms import mask_to_low_res_logits
 
 # The annotation loop's keys (free in napari's default keymaps for Points, Labels and
 # Image layers; in a Shapes layer "T" stays napari's path tool).
@@ -111,9 +110,8 @@ class _PromptSpec:
     points: np.ndarray  # (N, 2) rc
     labels: np.ndarray  # (N,)
     boxes: np.ndarray  # (M, 4)
-    mask_input: np.ndarray | None
+    mask_input: object  # a MaskPrompt (logits and the tile they are in), or None
     mask_label: int | None  # the label whose mask was the mask prompt
-    mask_tile: object  # the Tile whose frame a mask prompt from a labels layer is in
     refined: bool  # mask_input holds the previous candidate's logits
     text: str | None
 
@@ -1004,7 +1002,7 @@ class AnnotateWidget(QWidget):
         text = self.text_edit.text().strip() if self.text_edit.isEnabled() else ""
         if len(points) == 0 and len(boxes) == 0 and not text:
             return None
-        mask_input, mask_label, mask_tile, refined = None, None, None, False
+        mask_input, mask_label, refined = None, None, False
         previous = self._spec
         if (
             previous is not None
@@ -1019,9 +1017,9 @@ class AnnotateWidget(QWidget):
             and (len(previous.points) or len(previous.boxes))  # not every object of a kind
         ):
             # More points on the same object: refine from the shown candidate.
-            mask_input, mask_label, refined = self._candidates[0].logits[self._choice], previous.mask_label, True
+            mask_input, mask_label, refined = self._candidates[0].mask_prompt(self._choice), previous.mask_label, True
         elif len(points) and len(boxes) <= 1:
-            mask_input, mask_label, mask_tile = self._mask_prompt(ref, points, boxes[0] if len(boxes) else None)
+            mask_input, mask_label = self._mask_prompt(ref, points, boxes[0] if len(boxes) else None)
         return _PromptSpec(
             key=ref.key,
             revision=self._revision,
@@ -1030,26 +1028,21 @@ class AnnotateWidget(QWidget):
             boxes=boxes,
             mask_input=mask_input,
             mask_label=mask_label,
-            mask_tile=mask_tile,
             refined=refined,
             text=text or None,
         )
 
     def _mask_prompt(self, ref: L.PlaneRef, points, box):
-        """``(logits, label, tile)``: the mask layer's selected label on this plane, in the
+        """``(MaskPrompt, label)``: the mask layer's selected label on this plane, in the
         frame of the tile the prediction will use; Nones when there is none."""
         layer = self.mask_combo.layer()
         tiled = self._tiled
         if layer is None or layer.selected_label == 0 or self.model is None or tiled is None:
-            return None, None, None
+            return None, None
         index = L.labels_plane_index(layer, self.image_layer, ref, self.viewer.dims.point)
         mask = L.read_labels_plane(layer, index) == layer.selected_label
-        tiles = tiled.tiles_for(points=points, box=box)
-        if not mask.any() or len(tiles) != 1:
-            return None, None, None
-        tile = tiles[0]
-        logits = mask_to_low_res_logits(mask[tile.slices()], self.model.image_size, self.model.low_res_size)
-        return logits, int(layer.selected_label), tile
+        prompt = tiled.mask_prompt(mask, tiled.prompts(points=points, box=box))
+        return (None, None) if prompt is None else (prompt, int(layer.selected_label))
 
     def _tiles_for(self, spec: _PromptSpec) -> list:
         """The tiles a prediction of ``spec`` decodes against."""
@@ -1118,8 +1111,6 @@ class AnnotateWidget(QWidget):
                 elif len(spec.boxes) > 1:
                     candidates = tiled.predict_boxes(spec.boxes)  # batched per tile
                 else:
-                    if spec.mask_tile is not None:
-                        tiled.last_tile = spec.mask_tile  # the frame the mask prompt is in
                     candidates = [tiled.predict(points, labels, box, spec.mask_input, text=spec.text)]
             pieces = split_objects(candidates[0].masks[0]) if split and len(candidates[0]) == 1 else None
             return generation, spec, candidates, pieces
