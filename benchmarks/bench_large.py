@@ -85,7 +85,7 @@ def run_reopen(stack: str, model: str, cache: str, tile: int, halo: int) -> dict
     from napari_sam.inference.tiling import TiledPredictor
 
     predictor = Predictor(load_model(model, device="cpu"))
-    store = EmbeddingStore(predictor, cache_dir=cache)
+    store = EmbeddingStore(predictor.model, predictor.normalization, cache_dir=cache)
     start = time.perf_counter()
     stack = open_stack(stack)
     tiled = TiledPredictor(predictor, store, tile_size=tile, halo=halo)
@@ -116,7 +116,7 @@ def run_huge(model: str, side: int) -> dict:
     weights_hash(sam)  # once per model, at load time in an application
     rng = np.random.default_rng(0)
     plane = rng.integers(100, 2000, (side, side), dtype=np.uint16)
-    store = EmbeddingStore(predictor)
+    store = EmbeddingStore(sam, predictor.normalization)
     tiled = TiledPredictor(predictor, store)
     # warm-up of the decoder, as an application would have done with an earlier click
     warm = TiledPredictor(predictor)

@@ -108,7 +108,7 @@ def test_a_prompt_on_one_plane_does_not_read_the_others(tmp_path):
                        "num_heads": 2, "mlp_ratio": 2.0, "window_size": 4, "global_attn_indexes": [1],
                        "prompt_embed_dim": 64, "decoder_mlp_dim": 128})
     predictor = Predictor(model)
-    tiled = TiledPredictor(predictor, EmbeddingStore(predictor), tile_size=128, halo=16)
+    tiled = TiledPredictor(predictor, EmbeddingStore(predictor.model), tile_size=128, halo=16)
     stack = open_stack(path)
     tiled.set_plane(stack.plane(1))
     candidates = tiled.predict(points=[(150, 100)])

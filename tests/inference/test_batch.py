@@ -49,7 +49,8 @@ def test_embed_stack_fills_the_cache_that_the_api_reads(stack_file, model_file, 
     assert len(entries(cache)) == 16
 
     predictor = Predictor(load_model(model_file, device="cpu"))
-    tiled = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=cache), tile_size=128, halo=16)
+    store = EmbeddingStore(predictor.model, predictor.normalization, cache_dir=cache)
+    tiled = TiledPredictor(predictor, store, tile_size=128, halo=16)
     with open_stack(stack_file) as stack:
         tiled.set_plane(stack.plane(2))
     candidates = tiled.predict(points=[(100, 75)])
@@ -130,5 +131,5 @@ def test_a_plane_no_larger_than_a_tile_is_cached_like_a_whole_plane(model_file, 
     cache = tmp_path / "cache"
     embed_stack(job_for(str(path), model_file, cache), progress=False)
     predictor = Predictor(load_model(model_file, device="cpu"))
-    store = EmbeddingStore(predictor, cache_dir=cache)
+    store = EmbeddingStore(predictor.model, predictor.normalization, cache_dir=cache)
     assert store.lookup(data[1]) is not None  # what the widget's plain store.get(plane) reads

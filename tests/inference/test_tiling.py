@@ -281,16 +281,16 @@ def test_small_planes_behave_exactly_like_predictor(model):
 def test_tiled_embeddings_are_cached_on_disk_with_their_geometry(model, tmp_path):
     plane = np.random.default_rng(3).integers(0, 1000, (300, 300)).astype(np.uint16)
     predictor = Predictor(model)
-    tiled = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=16)
+    tiled = TiledPredictor(predictor, EmbeddingStore(model, cache_dir=tmp_path), tile_size=128, halo=16)
     tiled.set_plane(plane)
     assert tiled.precompute() == len(tiled.grid)
     assert len(list(Path(tmp_path).rglob("*.pt"))) == len(tiled.grid)
-    fresh = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=16)
+    fresh = TiledPredictor(predictor, EmbeddingStore(model, cache_dir=tmp_path), tile_size=128, halo=16)
     fresh.set_plane(plane)
     fresh.predict(points=[(150, 150)])
     fresh.predict(box=(10, 10, 290, 290))
     assert fresh.store.encoder_calls == 0
-    other = TiledPredictor(predictor, EmbeddingStore(predictor, cache_dir=tmp_path), tile_size=128, halo=24)
+    other = TiledPredictor(predictor, EmbeddingStore(model, cache_dir=tmp_path), tile_size=128, halo=24)
     other.set_plane(plane)
     other.predict(points=[(150, 150)])  # other windows: their own entries
     assert other.store.encoder_calls == 1

@@ -723,7 +723,8 @@ class AnnotateWidget(QWidget):
         from ..inference.embeddings import EmbeddingStore
 
         cache_dir = self.cache_dir_edit.text().strip() or None
-        self.store = EmbeddingStore(self.predictor, memory_mb=self.memory_spin.value(), cache_dir=cache_dir)
+        self.store = EmbeddingStore(self.predictor.model, self.predictor.normalization,
+                                    memory_mb=self.memory_spin.value(), cache_dir=cache_dir)
         self._reset_tiles()
 
     def _start_model_worker(self) -> None:

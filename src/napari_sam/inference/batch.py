@@ -14,7 +14,7 @@ writes are atomic, so the same function runs unchanged
 An interrupted run resumes: valid entries are verified and skipped, a truncated or
 stale entry is recomputed. The widget and the Python API read the same cache when they
 use the same model, normalisation, tile size and halo (``TiledPredictor`` with an
-``EmbeddingStore(predictor, cache_dir=...)``).
+``EmbeddingStore(model, normalization, cache_dir=...)``).
 """
 
 from __future__ import annotations
@@ -83,14 +83,13 @@ _TASK_LOCK = threading.Lock()  # tasks in threads of one process take turns on t
 def _store(job: EmbedJob):
     from .embeddings import EmbeddingStore
     from ..checkpoints import load_model
-    from .predictor import Predictor
 
     key = (job.model, job.device, str(Path(job.cache_dir).expanduser()), job.normalization)
     with _STATE_LOCK:
         if key not in _STORES:
-            predictor = Predictor(load_model(job.model, device=job.device), job.normalization)
             # Precomputation keeps nothing in memory: every embedding goes to disk.
-            _STORES[key] = EmbeddingStore(predictor, memory_mb=0, cache_dir=job.cache_dir)
+            _STORES[key] = EmbeddingStore(load_model(job.model, device=job.device), job.normalization,
+                                          memory_mb=0, cache_dir=job.cache_dir)
         return _STORES[key]
 
 
@@ -112,6 +111,7 @@ def embed_plane(job: EmbedJob, index) -> PlaneReport:
     Reads only that plane. Safe to run concurrently in threads or processes (also for
     the same plane: the last atomic write wins, and both are valid).
     """
+    from .predictor import Predictor
     from .tiling import TiledPredictor
 
     start = time.perf_counter()
@@ -119,7 +119,8 @@ def embed_plane(job: EmbedJob, index) -> PlaneReport:
     index = stack.plane_index(index)
     store = _store(job)
     with _TASK_LOCK:
-        tiled = TiledPredictor(store.predictor, store, tile_size=job.tile_size, halo=job.halo)
+        tiled = TiledPredictor(Predictor(store.model, store.normalization), store, tile_size=job.tile_size,
+                               halo=job.halo)
         tiled.set_plane(stack.plane(index))
         computed = tiled.precompute(keep_in_memory=False)
     return PlaneReport(index=index, tiles=len(tiled.grid), computed=int(computed),

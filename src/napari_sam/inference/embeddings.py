@@ -17,15 +17,14 @@ Disk layout (a directory of small files)
 
     CACHE_DIR/
       <model id>-<first 12 hex of the weights hash>/
-        <key[:2]>/<key>.pt      # one embedding: torch.save of a dict of tensors and str/int
+        <key[:2]>/<key>.pt      # one embedding, in the format of Embedding.save
 
 Each file holds the full signature, the features, their geometry and a checksum of the
-feature bytes. On read the signature and checksum are verified: a stale, mismatched,
-truncated or otherwise corrupt entry is never used, it is recomputed and overwritten.
-Files are written to a temporary name in the same folder and renamed with
-``os.replace``, so a killed process leaves either the old entry, the new entry, or a
-stray ``.*.tmp`` file that is never read. Files are loaded with
-``torch.load(weights_only=True)``: a cache entry is data, never code.
+feature bytes (:mod:`napari_sam.inference.encoding` defines the format). On read the
+signature and checksum are verified: a stale, mismatched, empty, truncated or otherwise
+corrupt entry is never used, it is recomputed and overwritten. Files are written with
+:func:`napari_sam.files.atomic_write`, so a killed process leaves either the old entry,
+the new entry, or a stray ``.*.tmp`` file that is never read.
 
 A precomputation (``napari-sam embed``) that was interrupted resumes by skipping the
 entries that are already present and valid.
@@ -36,12 +35,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,17 +45,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .predictor import Embedding, Predictor
+from ..imaging import DEFAULT_NORMALIZATION, Normalization
+from ..lru import ByteLRU
+from ..model.family import ModelFamily, model_id
+from .encoding import (
+    FORMAT, FORMAT_VERSION, Embedding, EmbeddingFileError, Progress, encode_plane, read_embedding, write_embedding,
+)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EmbeddingStore", "Signature", "content_hash", "weights_hash"]
 
 log = logging.getLogger(__name__)
-
-FORMAT = "napari-sam-embedding"
-FORMAT_VERSION = 1
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called before (0, n) and after (n, n) each encoder run."""
 
 
 # --------------------------------------------------------------------------------------
@@ -177,29 +172,30 @@ class Signature:
                          None if tile is None else tuple(int(v) for v in tile))
 
 
-class CacheEntryError(ValueError):
-    """A cache file that cannot be used: truncated, corrupt, or for another signature."""
-
-
 # --------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------
 
 
 class EmbeddingStore:
-    """Embeddings of one predictor's model: memory LRU -> disk cache -> encoder.
+    """Embeddings of one model and normalisation: memory LRU -> disk cache -> encoder.
 
     Thread-safe: a napari worker thread may compute while the GUI thread looks up.
 
     Parameters
     ----------
-    predictor : Predictor
-        Its model and normalisation make the embeddings.
+    model : ModelFamily
+        The model whose embeddings are stored (its id and weights key the entries).
+    normalization : Normalization
+        How planes become uint8 RGB before encoding (part of the key).
     memory_mb : float
         Budget of the memory LRU, counted as the bytes of the features tensors
         (a 1024px SAM model: 4 MiB per embedding). 0 disables memory caching.
     cache_dir : path, optional
         Directory of the persistent cache (created when needed); None: memory only.
+    encode : callable(plane) -> Embedding, optional
+        Computes a missing embedding; default
+        :func:`~napari_sam.inference.encoding.encode_plane` with ``model`` and ``normalization``.
 
     Attributes
     ----------
@@ -212,24 +208,29 @@ class EmbeddingStore:
 
     Examples
     --------
-    >>> store = EmbeddingStore(Predictor(load_model("default")), cache_dir="~/sam-cache")
-    >>> store.predictor.set_embedding(store.get(plane))
+    >>> predictor = Predictor(load_model("default"))
+    >>> store = EmbeddingStore(predictor.model, predictor.normalization, cache_dir="~/sam-cache")
+    >>> predictor.set_embedding(store.get(plane))
     """
 
-    def __init__(self, predictor: Predictor, *, memory_mb: float = 1024, cache_dir=None) -> None:
+    def __init__(self, model: ModelFamily, normalization: Normalization = DEFAULT_NORMALIZATION, *,
+                 memory_mb: float = 1024, cache_dir=None,
+                 encode: Callable[[np.ndarray], Embedding] | None = None) -> None:
         if memory_mb < 0:
             raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
-        self.predictor = predictor
-        self.memory_bytes = int(memory_mb * 2**20)
+        if not isinstance(normalization, Normalization):
+            raise TypeError(f"normalization must be a Normalization, got {type(normalization).__name__}")
+        self.model = model
+        self.normalization = normalization
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        self._encode = encode or (lambda plane: encode_plane(model, plane, normalization))
         self.encoder_calls = 0
         self.memory_hits = 0
         self.disk_hits = 0
         self.rejected_entries = 0
-        self._memory: OrderedDict[str, Embedding] = OrderedDict()
-        self._memory_used = 0
+        self._memory: ByteLRU[Embedding] = ByteLRU(int(memory_mb * 2**20), lambda embedding: embedding.nbytes)
         self._rejected: set[tuple[str, int, int]] = set()
-        self._lock = threading.RLock()  # guards the LRU and the counters
+        self._lock = threading.RLock()  # guards the counters and the rejected set
         self._compute_lock = threading.Lock()  # one encoder run at a time
 
     # ---- signatures -------------------------------------------------------------------
@@ -241,13 +242,12 @@ class EmbeddingStore:
             if plane is None:
                 raise ValueError("signature needs a plane or its content hash")
             content = content_hash(plane)
-        model = self.predictor.model
         return Signature(
             content=content,
-            model_id=str(model.config.get("name", "")),
-            weights=weights_hash(model),
-            normalization=self.predictor.normalization.key(),
-            image_size=int(model.image_size),
+            model_id=model_id(self.model),
+            weights=weights_hash(self.model),
+            normalization=self.normalization.key(),
+            image_size=int(self.model.image_size),
             tile=None if tile is None else tuple(int(v) for v in tile),
         )
 
@@ -286,11 +286,8 @@ class EmbeddingStore:
                 return found
             if progress is not None:
                 progress(0, 1)
-            embedding = self.predictor.compute_embedding(np.asarray(plane))
-            with self._lock:
-                self.encoder_calls += 1
-            self._write(signature, embedding)
-            self._remember(signature.key(), embedding)
+            embedding = self._compute(signature, plane)
+            self._memory.put(signature.key(), embedding)
             if progress is not None:
                 progress(1, 1)
             return embedding
@@ -316,54 +313,55 @@ class EmbeddingStore:
         with self._compute_lock:
             if self._read(signature) is not None:
                 return False
-            embedding = self.predictor.compute_embedding(np.asarray(plane))
-            with self._lock:
-                self.encoder_calls += 1
-            self._write(signature, embedding)
+            self._compute(signature, plane)
             return True
 
     def clear_memory(self) -> None:
         """Forget every embedding held in memory (the disk cache stays)."""
-        with self._lock:
-            self._memory.clear()
-            self._memory_used = 0
+        self._memory.clear()
+
+    @property
+    def memory_bytes(self) -> int:
+        """Budget of the memory LRU in bytes; settable (a smaller budget applies from the next put)."""
+        return int(self._memory.max_bytes)
+
+    @memory_bytes.setter
+    def memory_bytes(self, value: int) -> None:
+        self._memory.max_bytes = int(value)
 
     @property
     def memory_used_mb(self) -> float:
-        return self._memory_used / 2**20
+        return self._memory.used_bytes / 2**20
 
-    # ---- memory LRU -------------------------------------------------------------------
+    # ---- memory, encoder, disk --------------------------------------------------------
 
     def _lookup(self, signature: Signature) -> Embedding | None:
         key = signature.key()
-        with self._lock:
-            embedding = self._memory.get(key)
-            if embedding is not None:
-                self._memory.move_to_end(key)
+        embedding = self._memory.get(key)
+        if embedding is not None:
+            with self._lock:
                 self.memory_hits += 1
-                return embedding
+            return embedding
         embedding = self._read(signature)
         if embedding is not None:
             with self._lock:
                 self.disk_hits += 1
-            self._remember(key, embedding)
+            self._memory.put(key, embedding)
         return embedding
 
-    def _remember(self, key: str, embedding: Embedding) -> None:
-        size = embedding.features.numel() * embedding.features.element_size()
+    def _compute(self, signature: Signature, plane: np.ndarray) -> Embedding:
+        """Run the encoder (caller holds the compute lock) and write the disk entry."""
+        embedding = self._encode(np.asarray(plane))
         with self._lock:
-            if size > self.memory_bytes:
-                return
-            old = self._memory.pop(key, None)
-            if old is not None:
-                self._memory_used -= old.features.numel() * old.features.element_size()
-            self._memory[key] = embedding
-            self._memory_used += size
-            while self._memory_used > self.memory_bytes:
-                _, dropped = self._memory.popitem(last=False)
-                self._memory_used -= dropped.features.numel() * dropped.features.element_size()
-
-    # ---- disk -------------------------------------------------------------------------
+            self.encoder_calls += 1
+        path = self.path(signature)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_embedding(path, embedding, signature.to_dict())
+            except OSError as error:  # a full or read-only disk must not stop segmentation
+                log.warning("could not write cache entry %s: %s", path, error)
+        return embedding
 
     def _read(self, signature: Signature) -> Embedding | None:
         path = self.path(signature)
@@ -377,89 +375,10 @@ class EmbeddingStore:
         if identity in self._rejected:  # already found bad; do not warn twice
             return None
         try:
-            return read_entry(path, signature)
-        except CacheEntryError as error:
+            return read_embedding(path, signature.to_dict())
+        except EmbeddingFileError as error:
             with self._lock:
                 self.rejected_entries += 1
                 self._rejected.add(identity)
             log.warning("ignoring cache entry %s (will be recomputed): %s", path, error)
             return None
-
-    def _write(self, signature: Signature, embedding: Embedding) -> None:
-        path = self.path(signature)
-        if path is None:
-            return
-        try:
-            write_entry(path, signature, embedding)
-        except OSError as error:  # a full or read-only disk must not stop segmentation
-            log.warning("could not write cache entry %s: %s", path, error)
-
-
-def _features_checksum(features: torch.Tensor) -> str:
-    data = features.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.blake2b(data.data, digest_size=16).hexdigest()
-
-
-def write_entry(path: str | os.PathLike, signature: Signature, embedding: Embedding) -> None:
-    """Write one cache entry atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features = embedding.features.detach().to("cpu").contiguous()
-    payload = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "signature": json.dumps(signature.to_dict(), sort_keys=True),
-        "features": features,
-        "checksum": _features_checksum(features),
-        "original_size": [int(v) for v in embedding.original_size],
-        "input_size": [int(v) for v in embedding.input_size],
-        "image_size": int(embedding.image_size),
-        "model_id": str(embedding.model_id),
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_entry(path: str | os.PathLike, signature: Signature | None = None) -> Embedding:
-    """Read and verify one cache entry; raise :class:`CacheEntryError` if it is unusable.
-
-    Verifies the format, the signature (when given), the feature checksum and the
-    geometry. The features come back on the CPU.
-    """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, garbage bytes, unpickling refused
-        raise CacheEntryError(f"unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CacheEntryError("not a napari-sam embedding entry")
-    if payload.get("version") != FORMAT_VERSION:
-        raise CacheEntryError(f"format version {payload.get('version')}, expected {FORMAT_VERSION}")
-    try:
-        stored = Signature.from_dict(json.loads(payload["signature"]))
-        features = payload["features"]
-        embedding = Embedding(
-            features=features,
-            original_size=tuple(int(v) for v in payload["original_size"]),
-            input_size=tuple(int(v) for v in payload["input_size"]),
-            image_size=int(payload["image_size"]),
-            model_id=str(payload["model_id"]),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise CacheEntryError(f"malformed entry: {error}") from None
-    if signature is not None and stored != signature:
-        raise CacheEntryError(f"signature mismatch: stored {stored}, wanted {signature}")
-    if not isinstance(features, torch.Tensor) or features.ndim != 4 or features.shape[0] != 1:
-        raise CacheEntryError(f"features have the wrong shape {getattr(features, 'shape', None)}")
-    if _features_checksum(features) != payload.get("checksum"):
-        raise CacheEntryError("feature checksum mismatch (corrupt file)")
-    if embedding.image_size != stored.image_size:
-        raise CacheEntryError("image_size disagrees with the signature")
-    return embedding

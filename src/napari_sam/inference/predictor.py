@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import transforms
-from ..imaging import DEFAULT_NORMALIZATION, Normalization, to_rgb_uint8
+from ..imaging import DEFAULT_NORMALIZATION, Normalization
 from ..model import Sam
+from .encoding import Embedding, encode_plane
 from .prompts import MaskPrompt, Prompts
 
 if TYPE_CHECKING:
@@ -22,62 +20,6 @@ if TYPE_CHECKING:
 
 # Cosine similarity (MiniLM space) below which a text is reported as unknown to the model.
 TEXT_SIMILARITY_WARNING = 0.5
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """The encoder's output for one plane plus the geometry needed to decode against it.
-
-    Attributes
-    ----------
-    features : (1, 256, h, w) tensor
-    original_size : (H, W) of the plane.
-    input_size : (h, w) of the plane resized for the model (before padding).
-    image_size : side of the padded model input.
-    model_id : identifies the model that made it (architecture name).
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    image_size: int
-    model_id: str = ""
-
-    def to(self, device: torch.device | str) -> Embedding:
-        return replace(self, features=self.features.to(device))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a killed process never leaves a half-written file."""
-        path = Path(path)
-        payload = {
-            "features": self.features.detach().cpu().contiguous(),
-            "original_size": list(self.original_size),
-            "input_size": list(self.input_size),
-            "image_size": self.image_size,
-            "model_id": self.model_id,
-        }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Embedding:
-        try:
-            payload = torch.load(path, map_location=device, weights_only=True)
-            return cls(
-                features=payload["features"],
-                original_size=tuple(payload["original_size"]),
-                input_size=tuple(payload["input_size"]),
-                image_size=int(payload["image_size"]),
-                model_id=str(payload["model_id"]),
-            )
-        except (KeyError, TypeError, RuntimeError, EOFError) as error:
-            raise ValueError(f"{path} is not a napari-sam embedding file: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -131,20 +73,9 @@ class Predictor:
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.inference_mode()
     def compute_embedding(self, image: np.ndarray) -> Embedding:
         """Embed a 2D plane (grayscale, RGB or RGBA, any dtype) without making it current."""
-        rgb = to_rgb_uint8(image, self.normalization)
-        resized = transforms.resize_rgb(rgb, self.model.image_size)
-        tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
-        features = self.model.encode(self.model.preprocess(tensor))
-        return Embedding(
-            features=features,
-            original_size=tuple(rgb.shape[:2]),
-            input_size=tuple(resized.shape[:2]),
-            image_size=self.model.image_size,
-            model_id=str(self.model.config.get("name", "")),
-        )
+        return encode_plane(self.model, image, self.normalization)
 
     def set_image(self, image: np.ndarray) -> Embedding:
         """Embed a 2D plane and make it the current one; returns the :class:`Embedding`."""

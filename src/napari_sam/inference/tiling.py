@@ -269,8 +269,8 @@ class TiledPredictor:
     ----------
     predictor : Predictor
     store : EmbeddingStore, optional
-        Cache of the tiles' embeddings (must wrap the same predictor); by default a
-        memory-only store.
+        Cache of the tiles' embeddings, of the predictor's model and normalisation; by
+        default a memory-only store that embeds with ``predictor.compute_embedding``.
     tile_size : int, optional
         Side of a tile in plane pixels, default the model's input size (no resizing).
     halo : int, optional
@@ -291,9 +291,10 @@ class TiledPredictor:
     def __init__(self, predictor: Predictor, store: EmbeddingStore | None = None, *,
                  tile_size: int | None = None, halo: int | None = None) -> None:
         if store is None:
-            store = EmbeddingStore(predictor)
-        if store.predictor is not predictor:
-            raise ValueError("store wraps another predictor: build it as EmbeddingStore(predictor, ...)")
+            store = EmbeddingStore(predictor.model, predictor.normalization, encode=predictor.compute_embedding)
+        if store.model is not predictor.model or store.normalization != predictor.normalization:
+            raise ValueError("the store is for another model or normalisation: build it as "
+                             "EmbeddingStore(predictor.model, predictor.normalization, ...)")
         self.predictor = predictor
         self.store = store
         self.tile_size = int(tile_size if tile_size is not None else predictor.model.image_size)
