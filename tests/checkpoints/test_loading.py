@@ -88,30 +88,18 @@ def test_non_persistent_buffers_in_the_file_are_accepted_when_equal(tmp_path, co
         load_model(path)
 
 
-def test_official_vit_b_key_layout_loads(tmp_path):
+@pytest.mark.parametrize("model_type", ["vit_b", "vit_t"])
+def test_official_sam_and_mobile_sam_key_layouts_load(tmp_path, model_type):
     reference = pytest.importorskip("reference")
-    state = reference.reference_state_dict("vit_b", seed=0)
-    path = tmp_path / "sam_vit_b.pth"
+    state = reference.reference_state_dict(model_type, seed=0)
+    path = tmp_path / f"official_{model_type}.pth"
     torch.save(state, path)
 
     model = load_model(path)
 
-    assert model.metadata["model_type"] == "vit_b"
-    assert_same_state(model.state_dict(), {k: v for k, v in state.items() if k in model.state_dict()})
-
-
-def test_official_mobile_sam_key_layout_loads(tmp_path):
-    reference = pytest.importorskip("reference")
-    state = reference.reference_state_dict("vit_t", seed=0)
-    path = tmp_path / "mobile_sam.pt"
-    torch.save(state, path)
-
-    model = load_model(path)
-
-    assert model.metadata["model_type"] == "vit_t"
+    assert model.metadata["model_type"] == model_type
     ours = model.state_dict()
-    for key in ours:
-        assert torch.equal(ours[key], state[key]), key
+    assert_same_state(ours, {k: v for k, v in state.items() if k in ours})
 
 
 def test_missing_file_and_unknown_name(tmp_path):
