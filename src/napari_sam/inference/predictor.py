@@ -11,7 +11,7 @@ import torch
 
 from . import transforms
 from ..imaging import DEFAULT_NORMALIZATION, Normalization
-from ..model import Sam
+from ..model.family import ModelFamily
 from .encoding import Embedding, encode_plane
 from .prompts import MaskPrompt, Prompts
 
@@ -64,7 +64,7 @@ class Predictor:
     >>> mask = candidates.best
     """
 
-    def __init__(self, model: Sam, normalization: Normalization = DEFAULT_NORMALIZATION) -> None:
+    def __init__(self, model: ModelFamily, normalization: Normalization = DEFAULT_NORMALIZATION) -> None:
         self.model = model.eval()
         self.normalization = normalization
         self.embedding: Embedding | None = None
