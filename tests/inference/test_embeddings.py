@@ -240,6 +240,11 @@ def test_the_store_encodes_with_the_model_or_a_given_function(model):
     torch.testing.assert_close(EmbeddingStore(model).get(plane()).features, store.get(plane()).features)
 
 
+def test_the_store_takes_the_model_not_a_predictor(predictor):
+    with pytest.raises(TypeError, match="EmbeddingStore\\(predictor.model, predictor.normalization"):
+        EmbeddingStore(predictor)
+
+
 def test_memory_budget_can_be_changed_while_in_use(predictor):
     store = EmbeddingStore(predictor.model, memory_mb=0)
     store.get(plane())

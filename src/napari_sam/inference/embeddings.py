@@ -218,6 +218,9 @@ class EmbeddingStore:
                  encode: Callable[[np.ndarray], Embedding] | None = None) -> None:
         if memory_mb < 0:
             raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
+        if not isinstance(model, ModelFamily):
+            raise TypeError(f"EmbeddingStore takes the model, got a {type(model).__name__}: "
+                            "EmbeddingStore(predictor.model, predictor.normalization, ...)")
         if not isinstance(normalization, Normalization):
             raise TypeError(f"normalization must be a Normalization, got {type(normalization).__name__}")
         self.model = model
