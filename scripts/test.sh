@@ -81,6 +81,15 @@ setup_venv() {
     # dependencies (torchvision, timm) would replace the pinned torch.
     log "pip install --no-deps segment-anything mobilesam-mirror"
     .venv/bin/python -m pip install --no-input --no-deps segment-anything mobilesam-mirror
+    # SAM 2.1 reference (sam2 1.1.0 = Meta's repository at 2b90b9f): a source package
+    # whose CUDA extension is optional; built without it and without build isolation
+    # so that its build requirements do not fetch a second torch.
+    log "pip install --no-deps sam2==1.1.0 and its config stack"
+    # (Python 3.12+ venvs come without setuptools, which the build needs.)
+    .venv/bin/python -m pip install --no-input setuptools
+    SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install --no-input --no-deps --no-build-isolation sam2==1.1.0
+    .venv/bin/python -m pip install --no-input --no-deps hydra-core "omegaconf<2.4" \
+        antlr4-python3-runtime==4.9.3 iopath portalocker
     export PATH="$PWD/.venv/bin:$PATH"
 }
 

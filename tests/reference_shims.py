@@ -97,6 +97,49 @@ def resize(img, size, interpolation=None, max_size=None, antialias=True):
     return img.resize((int(new_w), int(new_h)), resample)
 
 
+class ToTensor:
+    """Stand-in for torchvision's `ToTensor` on uint8 (H, W, C) arrays: float (C, H, W) in [0, 1]."""
+
+    def __call__(self, pic) -> torch.Tensor:
+        array = np.asarray(pic)
+        if array.dtype != np.uint8:
+            raise TypeError(f"this stand-in converts uint8 images only, got dtype {array.dtype}")
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div(255.0)
+
+
+class Resize(torch.nn.Module):
+    """Stand-in for torchvision's `Resize((h, w))` on float tensors (its tensor path:
+    bilinear, antialiased, half-pixel centres). Scriptable, as SAM 2 scripts it."""
+
+    def __init__(self, size: list[int]):
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batched = x.dim() == 4
+        y = x if batched else x.unsqueeze(0)
+        y = torch.nn.functional.interpolate(
+            y, size=self.size, mode="bilinear", align_corners=False, antialias=True
+        )
+        return y if batched else y.squeeze(0)
+
+
+class Normalize(torch.nn.Module):
+    """Stand-in for torchvision's `Normalize(mean, std)` on (..., C, H, W) float tensors."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+
 # --- torchvision.ops.boxes ------------------------------------------------------------------
 
 
@@ -200,7 +243,13 @@ def _stand_ins_for(package: str) -> dict[str, types.ModuleType]:
         )
         modules = {
             "torchvision": _module("torchvision"),
-            "torchvision.transforms": _module("torchvision.transforms", functional=functional),
+            "torchvision.transforms": _module(
+                "torchvision.transforms",
+                functional=functional,
+                Normalize=Normalize,
+                Resize=Resize,
+                ToTensor=ToTensor,
+            ),
             "torchvision.transforms.functional": functional,
             "torchvision.ops": _module(
                 "torchvision.ops", boxes=boxes, batched_nms=batched_nms, box_area=box_area, nms=nms
@@ -277,3 +326,26 @@ def import_references() -> None:
     for name in [n for n in sys.modules if n not in before]:
         if getattr(sys.modules[name], _STAND_IN_FLAG, False):
             del sys.modules[name]
+
+
+SAM2_REFERENCE_MODULES = (
+    "sam2",
+    "sam2.build_sam",
+    "sam2.sam2_image_predictor",
+    "sam2.sam2_video_predictor",
+    "sam2.automatic_mask_generator",
+)
+
+
+def import_sam2_reference() -> None:
+    """Import the `sam2` reference package (SAM 2.1) with the stand-ins, as
+    `import_references` does for SAM 1; raises ImportError when it is not installed."""
+    before = set(sys.modules)
+    install()
+    try:
+        for name in SAM2_REFERENCE_MODULES:
+            importlib.import_module(name)
+    finally:
+        for name in [n for n in sys.modules if n not in before]:
+            if getattr(sys.modules[name], _STAND_IN_FLAG, False):
+                del sys.modules[name]
