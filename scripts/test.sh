@@ -81,6 +81,12 @@ setup_venv() {
     # dependencies (torchvision, timm) would replace the pinned torch.
     log "pip install --no-deps segment-anything mobilesam-mirror"
     .venv/bin/python -m pip install --no-input --no-deps segment-anything mobilesam-mirror
+    # micro-sam and torch-em (automatic segmentation parity, tests/automatic): code only, plus
+    # the few libraries they import at module level (none of them declares torch).
+    log "pip install --no-deps micro_sam==1.8.14 torch_em==0.10.9 (+ bioimage-cpp python-elf xxhash kornia)"
+    .venv/bin/python -m pip install --no-input --no-deps micro_sam==1.8.14 torch_em==0.10.9 \
+        bioimage_cpp==0.10.0 python-elf==0.9.2 xxhash kornia==0.8.1 kornia_rs
+    .venv/bin/python -m pip install --no-input matplotlib
     # SAM 2.1 reference (sam2 1.1.0 = Meta's repository at 2b90b9f): a source package
     # whose CUDA extension is optional; built without it and without build isolation
     # so that its build requirements do not fetch a second torch.

@@ -1,0 +1,13 @@
+"""Automatic instance segmentation: a learned instance decoder (AIS) and segment everything (AMG).
+
+Headless (no napari / Qt). See :mod:`.decoder`, :mod:`.watershed`, :mod:`.ais`.
+"""
+
+from .ais import SegmentationCancelled, decoder_maps, minmax_uint8, segment_instances, tile_grid
+from .decoder import MAP_NAMES, InstanceDecoder, decoder_from_state, maps_to_plane
+from .watershed import WatershedOptions, instances_from_maps
+
+__all__ = [
+    "MAP_NAMES", "InstanceDecoder", "SegmentationCancelled", "WatershedOptions", "decoder_from_state",
+    "decoder_maps", "instances_from_maps", "maps_to_plane", "minmax_uint8", "segment_instances", "tile_grid",
+]
