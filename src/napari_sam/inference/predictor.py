@@ -167,7 +167,9 @@ class Predictor:
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             for box in boxes:
                 Prompts.build(embedding.original_size, self.model.low_res_size, box=box)
-        boxes_xyxy = transforms.boxes_rc_to_model_xyxy(boxes, embedding.original_size, embedding.image_size)
+        boxes_xyxy = transforms.boxes_rc_to_model_xyxy(
+            boxes, embedding.original_size, embedding.image_size, embedding.input_size
+        )
         low_res, scores = self.model.decode(
             embedding.features, boxes=torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=self.device),
             multimask=False,
@@ -178,11 +180,15 @@ class Predictor:
         device = self.device
         coords = labels = boxes = masks = text = None
         if prompts.points is not None:
-            xy = transforms.points_rc_to_model_xy(prompts.points, embedding.original_size, embedding.image_size)
+            xy = transforms.points_rc_to_model_xy(
+                prompts.points, embedding.original_size, embedding.image_size, embedding.input_size
+            )
             coords = torch.as_tensor(xy, dtype=torch.float32, device=device)[None]
             labels = torch.as_tensor(prompts.point_labels, device=device)[None]
         if prompts.box is not None:
-            xyxy = transforms.boxes_rc_to_model_xyxy(prompts.box, embedding.original_size, embedding.image_size)
+            xyxy = transforms.boxes_rc_to_model_xyxy(
+                prompts.box, embedding.original_size, embedding.image_size, embedding.input_size
+            )
             boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=device)[None]
         if prompts.mask_input is not None:
             shape = embedding.original_size

@@ -58,30 +58,44 @@ def resize_rgb(image: np.ndarray, target: int) -> np.ndarray:
     return np.array(resized)  # writable: torch.from_numpy warns on read-only arrays
 
 
-def _scale(original_shape: tuple[int, int], target: int) -> tuple[float, float]:
-    """Per-axis scale ``(sy, sx)`` from plane pixels to model-input pixels."""
-    new_h, new_w = resized_shape(original_shape, target)
+def _scale(
+    original_shape: tuple[int, int], target: int, input_size: tuple[int, int] | None = None
+) -> tuple[float, float]:
+    """Per-axis scale ``(sy, sx)`` from plane pixels to model-input pixels.
+
+    ``input_size``: the resized plane ``(h, w)`` (``InputFrame.input_size``); default the
+    aspect-keeping SAM resize. A family that stretches (SAM 2) has ``(target, target)``.
+    """
+    new_h, new_w = resized_shape(original_shape, target) if input_size is None else input_size
     return new_h / original_shape[0], new_w / original_shape[1]
 
 
-def points_rc_to_model_xy(points_rc: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
-    """Map ``(..., 2)`` plane ``(row, col)`` points to model-input ``(x, y)``."""
+def points_rc_to_model_xy(
+    points_rc: np.ndarray, original_shape: tuple[int, int], target: int, input_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Map ``(..., 2)`` plane ``(row, col)`` points to model-input ``(x, y)`` (``input_size``: see ``_scale``)."""
     points_rc = np.asarray(points_rc, dtype=np.float64)
-    sy, sx = _scale(original_shape, target)
+    sy, sx = _scale(original_shape, target, input_size)
     return np.stack([points_rc[..., 1] * sx, points_rc[..., 0] * sy], axis=-1)
 
 
-def boxes_rc_to_model_xyxy(boxes_rc: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
+def boxes_rc_to_model_xyxy(
+    boxes_rc: np.ndarray, original_shape: tuple[int, int], target: int, input_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Map ``(..., 4)`` plane boxes ``(r0, c0, r1, c1)`` to model-input ``(x0, y0, x1, y1)``."""
     boxes_rc = np.asarray(boxes_rc, dtype=np.float64)
-    corners = points_rc_to_model_xy(boxes_rc.reshape(*boxes_rc.shape[:-1], 2, 2), original_shape, target)
+    corners = points_rc_to_model_xy(
+        boxes_rc.reshape(*boxes_rc.shape[:-1], 2, 2), original_shape, target, input_size
+    )
     return corners.reshape(*boxes_rc.shape[:-1], 4)
 
 
-def points_model_xy_to_rc(points_xy: np.ndarray, original_shape: tuple[int, int], target: int) -> np.ndarray:
+def points_model_xy_to_rc(
+    points_xy: np.ndarray, original_shape: tuple[int, int], target: int, input_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Inverse of :func:`points_rc_to_model_xy`."""
     points_xy = np.asarray(points_xy, dtype=np.float64)
-    sy, sx = _scale(original_shape, target)
+    sy, sx = _scale(original_shape, target, input_size)
     return np.stack([points_xy[..., 1] / sy, points_xy[..., 0] / sx], axis=-1)
 
 
