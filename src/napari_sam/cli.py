@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_embed_parser(sub)
     add_finetune_parser(sub)
+    from .export.cli import add_parser as add_export_parser
+
+    add_export_parser(sub)
     for command in sub.choices.values():
         # Also after the sub-command (`napari-sam segment ... --quiet`); SUPPRESS keeps a
         # --quiet given before it.
