@@ -56,6 +56,22 @@ def test_an_empty_or_garbage_file_gives_a_one_line_error(embedding, tmp_path, co
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("signature", "{not json", "malformed signature"),
+    ("signature", '{"image_size": 1024}', "image_size disagrees"),
+    ("version", 99, "format version 99"),
+    ("original_size", None, "malformed"),
+])
+def test_a_damaged_field_is_a_file_error(embedding, tmp_path, field, value, message):
+    path = tmp_path / "e.pt"
+    embedding.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload[field] = value
+    torch.save(payload, path)
+    with pytest.raises(EmbeddingFileError, match=message):
+        read_embedding(path)
+
+
 def test_files_of_the_old_unverified_format_still_load(embedding, tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"features": embedding.features, "original_size": [40, 50], "input_size": list(embedding.input_size),

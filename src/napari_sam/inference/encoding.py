@@ -231,8 +231,12 @@ def read_embedding(path: str | os.PathLike, signature: Mapping | None = None, *,
         raise EmbeddingFileError(f"features have the wrong shape {[tuple(t.shape) for t in tensors]}")
     if _checksum(embedding.features) != payload.get("checksum"):
         raise EmbeddingFileError("feature checksum mismatch (corrupt file)")
-    stored_size = json.loads(stored).get("image_size") if isinstance(stored, str) and stored != "null" else None
-    if stored_size is not None and int(stored_size) != embedding.image_size:
+    try:
+        stored_signature = json.loads(stored) if isinstance(stored, str) else None
+    except ValueError:
+        raise EmbeddingFileError("malformed signature") from None
+    size = stored_signature.get("image_size") if isinstance(stored_signature, dict) else None
+    if size is not None and size != embedding.image_size:
         raise EmbeddingFileError("image_size disagrees with the signature")
     return embedding
 
