@@ -78,6 +78,10 @@ def load_model(
     target_device = select_device(device)  # fail on a bad device before reading gigabytes
     spec, path = _resolve(name_or_path)
     state = read_state_dict(path)
+    from ..model.sam2 import is_sam2_state_dict, load_sam2_checkpoint
+
+    if is_sam2_state_dict(state):  # SAM 2.1 files: their own family and detection
+        return load_sam2_checkpoint(state, path, target_device, spec.name if spec is not None else None)
     metadata, metadata_file = read_metadata(path)
     architecture, origin = _choose_architecture(state, path, model_type, metadata, metadata_file, spec)
 

@@ -166,3 +166,22 @@ def test_gradients_reach_every_image_model_parameter(small_model):
     unused = ("output_hypernetworks_mlps.0.", "pred_obj_score_head", "no_mask_embed")
     missing = [name for name, p in model.named_parameters() if p.grad is None and not any(u in name for u in unused)]
     assert not missing, missing
+
+
+def test_an_official_layout_file_loads_by_path_with_its_size_detected(tmp_path):
+    """A file as Meta ships it (``{"model": state}``, video tensors included) loads
+    through ``napari_sam.load_model`` unchanged, as the detected size."""
+    from napari_sam import load_model
+
+    torch.manual_seed(0)
+    source = build_sam2("sam2.1_hiera_tiny")
+    state = dict(source.state_dict())
+    state["maskmem_tpos_enc"] = torch.zeros(7, 1, 1, 64)
+    state["memory_encoder.out_proj.weight"] = torch.zeros(64, 256, 1, 1)
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": state}, path)
+    model = load_model(path, device="cpu")
+    assert model.config["name"] == "sam2.1_hiera_tiny"
+    assert model.metadata["checkpoint"] == str(path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

@@ -9,6 +9,7 @@ from .build import (
     image_state_dict,
     is_sam2_state_dict,
     load_sam2,
+    load_sam2_checkpoint,
 )
 from .model import Sam2
 
@@ -21,4 +22,5 @@ __all__ = [
     "image_state_dict",
     "is_sam2_state_dict",
     "load_sam2",
+    "load_sam2_checkpoint",
 ]

@@ -145,3 +145,31 @@ def load_sam2(state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | Non
     model = build_sam2(config if config is not None else detect_sam2_config(state))
     model.load_state_dict(image_state_dict(state), strict=True)
     return model.eval()
+
+
+def load_sam2_checkpoint(state: Mapping[str, torch.Tensor], path: Any, device: torch.device | str = "cpu",
+                         name: str | None = None) -> Sam2:
+    """The model of an official SAM 2.1 file's state dict, for ``napari_sam.load_model``.
+
+    Parameters
+    ----------
+    state : the file's tensors (the ``"model"`` entry), read with ``weights_only=True``.
+    path : the file, for messages and ``metadata["checkpoint"]``.
+    device : where the model goes.
+    name : the registry name, when loaded by name.
+
+    Raises
+    ------
+    CheckpointError
+        Tensors of a SAM 2 model that fit none of the four sizes, or keys that do not fit.
+    """
+    from ...checkpoints.errors import CheckpointError
+
+    try:
+        model = load_sam2(state)
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} holds SAM 2 tensors that cannot be loaded: {err}") from err
+    model.to(device)
+    model.metadata = {"model_type": model.config["name"], "config": dict(model.config), "checkpoint": str(path),
+                      **({"name": name} if name is not None else {})}
+    return model
