@@ -1,8 +1,11 @@
-"""The Annotate widget in a headless napari: prompts from layers through to committed labels.
+"""The Annotate widget in a headless napari, end to end through its public controls:
+prompts from layers through to committed labels.
 
-Run under Xvfb (see scripts/test.sh). Every test waits until the widget is idle, so no
-worker outlives its test. Tests whose assertions depend on segmentation quality use the
-bundled default model and are skipped while its weights are not installed; the others
+The rules of the loop (dispatch, refinement memory, mask prompts and their frame, what an
+accept writes) are tested without Qt in tests/annotate; here, that the widget wires napari
+to them. Run under Xvfb (see scripts/test.sh). Every test waits until the widget is idle,
+so no worker outlives its test. Tests whose assertions depend on segmentation quality use
+the bundled default model and are skipped while its weights are not installed; the others
 use a tiny random-weight model, or replace the decoder's answer with a known mask.
 """
 
@@ -197,7 +200,8 @@ def test_mask_prompt_and_a_point_refine_the_selected_label(start, qtbot, default
     widget.mask_combo.set_layer(labels)
     right = truth & ~partial
     add_point(qtbot, widget, np.argwhere(right).mean(axis=0))
-    assert widget._spec.mask_input is not None and widget._spec.mask_label == 7
+    shown = widget.session.result.request
+    assert shown.mask_prompt is not None and shown.mask_label == 7
     accept(qtbot, widget)
     refined = labels.data == 7
     assert iou(refined, truth) > max(0.7, iou(partial, truth) + 0.1)
@@ -227,23 +231,17 @@ def test_single_point_lists_candidates_and_next_cycles_them(start, qtbot, tiny_m
     assert widget.choice == 0
 
 
-def test_added_point_refines_from_the_chosen_candidates_logits(start, qtbot, tiny_model, nuclei, monkeypatch):
+def test_added_point_refines_from_the_chosen_candidate(start, qtbot, tiny_model, nuclei):
     viewer, widget = start(nuclei.image, tiny_model)
-    calls = []
-    original = widget.predictor.predict
-
-    def spy(*, prompts, multimask=None):
-        calls.append(raw(prompts))
-        return original(prompts=prompts, multimask=multimask)
-
-    monkeypatch.setattr(widget.predictor, "predict", spy)
     add_point(qtbot, widget, (100, 100))
-    assert calls[-1]["mask_input"] is None
-    widget.next_candidate()
+    assert not widget.session.result.request.refined
+    widget.next_button.click()
     chosen = widget.candidates[0].logits[1].copy()
     add_point(qtbot, widget, (140, 120), sign=L.NEGATIVE)
-    np.testing.assert_array_equal(calls[-1]["mask_input"], chosen)
-    np.testing.assert_array_equal(calls[-1]["point_labels"], [1, 0])
+    request = widget.session.result.request
+    assert request.refined
+    np.testing.assert_array_equal(request.mask_prompt.logits[0], chosen)
+    np.testing.assert_array_equal(request.prompt_set.labels, [1, 0])
 
 
 def test_commit_is_undone_exactly_by_one_undo(start, qtbot, tiny_model, nuclei, monkeypatch):
@@ -320,7 +318,6 @@ def test_anisotropic_scale_and_translate_map_world_prompts_to_plane_pixels(start
     widget.points_combo.set_layer(world_points)
     viewer.dims.set_point(0, 4.0)  # world units: slice 1 of the image
     wait_idle(qtbot, widget)
-    assert widget._ref.stack_position == (1,)
     row, col = 25, 44
     world = (1 * 4.0, 10.0 + row * 2.0, -3.0 + col * 0.5)
     with qtbot.waitSignal(widget.predicted, timeout=TIMEOUT):
@@ -357,7 +354,6 @@ def test_channel_axis_stays_at_the_chosen_channel_and_labels_drop_it(start, qtbo
     widget.channel_spin.setValue(1)
     viewer.dims.set_current_step(1, 2)
     wait_idle(qtbot, widget)
-    assert widget._ref.index[:2] == (1, 2)
     emb = widget.store.lookup(czyx[1, 2])
     assert emb is not None  # the embedded plane is channel 1, z 2
     fake_decoder(widget, monkeypatch, radius=4)
@@ -382,7 +378,7 @@ def test_switching_slices_reuses_cached_embeddings(start, qtbot, tiny_model):
 def test_neighbouring_slices_are_precomputed_when_asked(start, qtbot, tiny_model):
     stack = np.random.default_rng(4).integers(0, 255, (7, 32, 32)).astype(np.uint8)
     viewer, widget = start(stack, tiny_model)
-    assert widget._ref.stack_position == (3,)  # napari opens a stack at its middle
+    assert widget.store.lookup(stack[3]) is not None  # napari opens a stack at its middle
     widget.prefetch_check.setChecked(True)
     wait_idle(qtbot, widget)
     assert widget.store.encoder_calls == 5  # 3, then 4, 2, 5, 1
@@ -412,24 +408,6 @@ def test_untiled_large_plane_is_embedded_whole_at_once(start, qtbot, tiny_model)
     assert widget.store.encoder_calls == 1 and widget.plane_ready
 
 
-def test_mask_prompt_is_given_in_the_frame_of_the_tile_used(start, qtbot, tiny_model, monkeypatch):
-    from napari_sam.inference.transforms import mask_to_low_res_logits
-
-    image = np.zeros((300, 300), np.uint8)
-    viewer, widget = start(image, tiny_model)
-    existing = np.zeros((300, 300), np.int32)
-    existing[200:230, 210:240] = 4
-    labels = viewer.add_labels(existing, name="annotations")
-    labels.selected_label = 4
-    widget.mask_combo.set_layer(labels)
-    calls = fake_decoder(widget, monkeypatch, radius=5)
-    add_point(qtbot, widget, (215, 225))
-    (tile,) = widget._tiled.tiles_for(points=[(215, 225)])
-    expected = mask_to_low_res_logits((existing == 4)[tile.slices()], 128, tiny_model.low_res_size)
-    np.testing.assert_allclose(calls[-1]["mask_input"], expected)
-    np.testing.assert_allclose(calls[-1]["points"], [[215 - tile.offset[0], 225 - tile.offset[1]]])
-
-
 def test_cancel_stops_an_embedding_and_a_prompt_restarts_it(start, qtbot, tiny_model, monkeypatch):
     import time
 
@@ -439,7 +417,7 @@ def test_cancel_stops_an_embedding_and_a_prompt_restarts_it(start, qtbot, tiny_m
     slow = block.forward
     monkeypatch.setattr(block, "forward", lambda x: (time.sleep(0.25), slow(x))[1])
     viewer.dims.set_current_step(0, 0)
-    qtbot.waitUntil(lambda: widget._embed_worker is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Embedding plane 0"), timeout=TIMEOUT)
     assert widget.cancel_button.isVisible() or not widget.isVisible()
     widget.cancel()
     wait_idle(qtbot, widget)
@@ -568,7 +546,7 @@ def test_typed_text_alone_previews_every_tile_merged_and_commits_one_label(
 
     monkeypatch.setattr(widget.predictor, "predict", spy)
     enter_text(qtbot, widget, "nucleus")
-    grid = widget._tiled.grid
+    grid = widget.session.tiled.grid
     assert len(grid) > 1 and texts == ["nucleus"] * len(grid)
     assert widget.store.encoder_calls == len(grid)  # text alone embeds the whole plane
     (candidates,) = widget.candidates
@@ -634,7 +612,7 @@ def test_text_alone_accepted_as_one_label_per_object_in_one_undo(
     widget.split_check.setChecked(checked_before_the_text)
     enter_text(qtbot, widget, "nucleus")
     # Checked in time, the prediction worker splits the mask (off the GUI thread).
-    assert (widget._pieces is not None) == checked_before_the_text
+    assert (widget.session.result.pieces is not None) == checked_before_the_text
     mask = widget.preview_layer.data > 0
     assert iou(mask, nuclei.labels > 0) > 0.85  # a nuclei-only image: measured 0.94
     widget.split_check.setChecked(True)

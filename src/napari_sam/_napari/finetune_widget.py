@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 
 from ..training.recipes import RECIPES
 from ..training.trainer import TrainConfig
-from .widget import CUSTOM_MODEL, _LayerCombo, add_named_models, device_choices, form_group
+from .annotate_ui import CUSTOM_MODEL, LayerCombo as _LayerCombo, add_named_models, device_choices, form_group
 
 LAYERS, FOLDERS = "napari layers", "folders"
 TRAIN_CHOICES = {

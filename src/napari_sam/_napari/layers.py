@@ -349,6 +349,21 @@ def next_label_id(labels_layer) -> int:
     return int(np.max(data)) + 1 if data.size else 1
 
 
+def write_edit(labels_layer, plane_index: tuple[int, ...], edit) -> int:
+    """Write a :class:`~napari_sam.annotate.commit.PlaneEdit` into one plane of a Labels
+    layer as one undoable step: a single Ctrl+Z (``labels_layer.undo()``) takes it back.
+
+    One ``Labels.data_setitem`` call, which refreshes only the changed region.
+    Returns the number of pixels changed.
+    """
+    if len(edit) == 0:
+        return 0
+    indices = tuple(np.full(len(edit), i, dtype=np.intp) for i in plane_index) + (edit.rows, edit.cols)
+    with labels_layer.block_history():
+        labels_layer.data_setitem(indices, np.asarray(edit.new))
+    return len(edit)
+
+
 def write_masks(
     labels_layer,
     plane_index: tuple[int, ...],
@@ -360,53 +375,13 @@ def write_masks(
 ) -> int:
     """Write ``(H, W)`` masks into one plane of a Labels layer as one undoable edit.
 
-    Goes through ``Labels.data_setitem`` inside ``Labels.block_history()``, so a single
-    Ctrl+Z in napari (``labels_layer.undo()``) takes the whole commit back.
-
-    Parameters
-    ----------
-    labels_layer : napari.layers.Labels
-    plane_index : tuple of int
-        From :func:`labels_plane_index`.
-    masks : sequence of (H, W) bool
-    values : sequence of int
-        The label id written for each mask.
-    preserve : bool
-        Never overwrite other non-zero labels (pixels already holding the written id,
-        or ``replace``, may be written).
-    replace : int, optional
-        The label being refined: its pixels on this plane that the new mask does not
-        cover are cleared to 0 first.
-
-    Returns
-    -------
-    Number of pixels that changed.
+    The rule is :func:`napari_sam.annotate.commit.paint`'s (``preserve``: never overwrite
+    other non-zero labels; ``replace``: the refined label's pixels the masks do not cover
+    become 0); ``values`` are the label ids, one per mask. Returns the pixels changed.
     """
-    current = read_labels_plane(labels_layer, plane_index)
-    changed = 0
+    from ..annotate.commit import CommitPlan, paint
 
-    def setitem(where: np.ndarray, value: int) -> int:
-        rows, cols = np.nonzero(where)
-        if rows.size == 0:
-            return 0
-        indices = tuple(np.full(rows.size, i, dtype=np.intp) for i in plane_index) + (rows, cols)
-        labels_layer.data_setitem(indices, value)
-        current[where] = value
-        return int(rows.size)
-
-    with labels_layer.block_history():
-        if replace is not None:
-            covered = np.zeros(current.shape, dtype=bool)
-            for mask in masks:
-                covered |= mask
-            changed += setitem((current == replace) & ~covered, 0)
-        for mask, value in zip(masks, values):
-            mask = np.asarray(mask, dtype=bool)
-            writable = mask & (current != value)
-            if preserve:
-                free = current == 0
-                if replace is not None:
-                    free |= current == replace
-                writable &= free
-            changed += setitem(writable, int(value))
-    return changed
+    plan = CommitPlan(tuple(np.asarray(m, dtype=bool) for m in masks), tuple(int(v) for v in values),
+                      preserve=preserve, replace=replace)
+    current = np.asarray(layer_array(labels_layer)[plane_index])
+    return write_edit(labels_layer, plane_index, paint(current, plan))
