@@ -52,6 +52,13 @@ def plane(shape=(90, 120), seed=0):
     return np.random.default_rng(seed).integers(0, 4000, shape).astype(np.uint16)
 
 
+def test_embedding_is_one_class_wherever_it_is_imported_from():
+    import napari_sam
+    from napari_sam.inference import encoding, predictor
+
+    assert napari_sam.Embedding is predictor.Embedding is encoding.Embedding
+
+
 def test_sam_is_a_model_family(sam):
     assert isinstance(sam, ModelFamily)
     assert not isinstance(object(), ModelFamily)
@@ -104,6 +111,9 @@ def test_predictor_and_tiled_predictor_use_only_the_protocol(sam):
     reference.set_image(image[:100, :100])
     for prompt in ({"points": [(40, 50)]}, {"box": (10, 10, 60, 80)}):
         np.testing.assert_array_equal(ours.predict(**prompt).masks, reference.predict(**prompt).masks)
+    first = ours.predict(points=[(40, 50)])
+    refine = {"points": [(40, 50), (70, 20)], "point_labels": [1, 0], "mask_input": first.mask_prompt(0)}
+    np.testing.assert_array_equal(ours.predict(**refine).masks, reference.predict(**refine).masks)
     np.testing.assert_array_equal(ours.predict_boxes([(5, 5, 50, 50)])[0].masks,
                                   reference.predict_boxes([(5, 5, 50, 50)])[0].masks)
 
@@ -113,5 +123,7 @@ def test_predictor_and_tiled_predictor_use_only_the_protocol(sam):
     expected.set_plane(image)
     for prompt in ({"points": [(150, 130)]}, {"box": (20, 20, 280, 240)}):
         np.testing.assert_array_equal(tiled.predict(**prompt).masks, expected.predict(**prompt).masks)
+    refine = {"points": [(150, 130)], "mask_input": tiled.predict(points=[(150, 130)]).mask_prompt(0)}
+    np.testing.assert_array_equal(tiled.predict(**refine).masks, expected.predict(**refine).masks)
     assert tiled.store.encoder_calls == expected.store.encoder_calls > 1
     assert {"prepare", "encode", "decode", "state_dict"} <= family.used <= PROTOCOL_MEMBERS
