@@ -126,7 +126,7 @@ class Signature:
     weights : str
         :func:`weights_hash` of the model.
     normalization : str
-        ``Normalization.key()`` of the predictor.
+        ``Normalization.key()`` of the store.
     image_size : int
         Side of the model input.
     tile : (r0, c0, r1, c1) or None
