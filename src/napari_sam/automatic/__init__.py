@@ -1,13 +1,15 @@
 """Automatic instance segmentation: a learned instance decoder (AIS) and segment everything (AMG).
 
-Headless (no napari / Qt). See :mod:`.decoder`, :mod:`.watershed`, :mod:`.ais`.
+Headless (no napari / Qt). See :mod:`.decoder`, :mod:`.watershed`, :mod:`.ais`, :mod:`.amg`.
 """
 
+from .amg import AmgOptions, MaskCandidate, generate_masks, mask_nms, paint, segment_everything
 from .ais import SegmentationCancelled, decoder_maps, minmax_uint8, segment_instances, tile_grid
 from .decoder import MAP_NAMES, InstanceDecoder, decoder_from_state, maps_to_plane
 from .watershed import WatershedOptions, instances_from_maps
 
 __all__ = [
+    "AmgOptions", "MaskCandidate", "generate_masks", "mask_nms", "paint", "segment_everything",
     "MAP_NAMES", "InstanceDecoder", "SegmentationCancelled", "WatershedOptions", "decoder_from_state",
     "decoder_maps", "instances_from_maps", "maps_to_plane", "minmax_uint8", "segment_instances", "tile_grid",
 ]
