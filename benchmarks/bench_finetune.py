@@ -22,11 +22,10 @@ import tifffile
 import torch
 
 from napari_sam import load_model, save_model
-from napari_sam.training import RECIPES, TrainConfig
+from napari_sam.training import RECIPES, TrainConfig, Trainer
 from napari_sam.training.data import SampleSet, samples_from_arrays, tile_samples
-from napari_sam.training.trainer import Trainer
 
-# The TrainConfig fields written into the report.
+# The TrainConfig options written into the report.
 REPORTED_CONFIG = ("train", "rounds", "objects_per_step", "lr", "epochs", "focal_weight", "dice_weight", "iou_weight",
                    "schedule", "box_probability", "loss_resolution")
 
@@ -122,7 +121,7 @@ def main() -> None:
         "validation": f"20P1 plate (5 images, {len(val_samples)} crops)", "tile": tile,
         "threads": torch.get_num_threads(),
         "config": {"recipe": args.recipe, "training_crop_overlap": args.overlap,
-                   **{name: getattr(config, name) for name in REPORTED_CONFIG}},
+                   **{name: config.to_dict()[name] for name in REPORTED_CONFIG}},
         "base": before, "best": best, "epochs": epochs, "seconds_per_epoch": round(seconds_per_epoch, 1),
         "point_gain": best["point_miou"] - before["point_miou"], "box_gain": best["box_miou"] - before["box_miou"],
     }

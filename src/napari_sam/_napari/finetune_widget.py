@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..training.recipes import RECIPES
-from ..training.trainer import TrainConfig
+from ..training.config import TrainConfig
 from .annotate_ui import CUSTOM_MODEL, LayerCombo as _LayerCombo, add_named_models, device_choices, form_group
 
 LAYERS, FOLDERS = "napari layers", "folders"
@@ -197,7 +197,7 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setToolTip("AdamW learning rate (peak of the warm-up / cosine schedule)")
         # A recipe brings its learning rate; the field can still be edited afterwards.
         self.recipe_combo.currentTextChanged.connect(
-            lambda name: self.lr_spin.setValue(TrainConfig.recipe(name).lr)
+            lambda name: self.lr_spin.setValue(TrainConfig.recipe(name).optimiser.lr)
         )
         self.val_spin = QDoubleSpinBox()
         self.val_spin.setRange(0.05, 0.5)

@@ -4,6 +4,15 @@
 widget); see ``docs/training.md``.
 """
 
+from .config import (
+    DataConfig,
+    InteractionConfig,
+    LoRAConfig,
+    LossConfig,
+    OptimiserConfig,
+    TextConfig,
+    TrainConfig,
+)
 from .data import (
     Augmentation,
     Sample,
@@ -14,23 +23,32 @@ from .data import (
     samples_from_arrays,
     tile_samples,
 )
+from .finetuning import finetune
+from .loop import Trainer, TrainingDiverged, TrainResult
 from .lora import TRAIN_MODES, LoRALinear, apply_lora, merge_lora
 from .losses import LossWeights, dice_loss, focal_loss, iou_mse, mask_iou, sam_loss
 from .recipes import RECIPES
-from .trainer import TrainConfig, Trainer, TrainResult, finetune, load_train_state, state_path_for
+from .state import load_train_state, state_path_for
 
 __all__ = [
     "TRAIN_MODES",
     "Augmentation",
+    "DataConfig",
+    "InteractionConfig",
+    "LoRAConfig",
     "LoRALinear",
+    "LossConfig",
     "LossWeights",
+    "OptimiserConfig",
     "Sample",
     "SampleSet",
     "SyntheticSet",
     "RECIPES",
+    "TextConfig",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingDiverged",
     "apply_lora",
     "dice_loss",
     "find_pairs",

@@ -98,7 +98,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune`` with parsed ``args``; returns the exit status."""
-    from .trainer import TrainConfig, finetune, state_path_for
+    from . import TrainConfig, TrainingDiverged, finetune, state_path_for
 
     cancel = threading.Event()
 
@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
             cancel=cancel,
             **_options(args),
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, TrainingDiverged) as err:
+        if progress.bar is not None:
+            progress.bar.close()  # the message on a line of its own, not after the bar
         print(f"napari-sam finetune: error: {err}", file=sys.stderr)
         return 2
     finally:

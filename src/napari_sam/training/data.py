@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..files import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from ..files import read_image
 from ..imaging import to_rgb_uint8
 from ..inference.transforms import resize_rgb, resized_shape
 
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 # Name endings that mark a file as the image or the labels of a pair ("cell_03_image.tif").
 IMAGE_SUFFIXES = ("_image", "_images", "_img", "_raw", "_im")
 LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "_instances", "_gt")
@@ -59,19 +60,6 @@ class Sample:
 
 
 # --- reading ---------------------------------------------------------------------------
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a TIFF (any dtype, any number of planes) or a PNG / JPEG / BMP file."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image)
 
 
 def _image_files(folder: Path) -> list[Path]:

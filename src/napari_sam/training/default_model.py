@@ -42,7 +42,7 @@ DEFAULT_ARCHITECTURE = {
 }
 
 # Stage 1 (boxes, one round, procedural fluorescence nuclei) and stage 2 (points and boxes,
-# a corrective round, text, mixed object kinds): TrainConfig fields.
+# a corrective round, text, mixed object kinds): TrainConfig options.
 STAGE1_TRAINING = {
     "train": "all", "epochs": 2, "lr": 1e-3, "weight_decay": 0.05, "rounds": 1, "objects_per_step": 8,
     # From random weights, focal loss (SAM's 20:1 with alpha 0.25, and even 1:1 with
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoints import load_model, save_model
     from ..synthetic import generate
     from .text_prompts import HELD_OUT_SYNONYMS, TRAINING_PHRASES
-    from .trainer import TrainConfig, finetune
+    from .config import TrainConfig
+    from .finetuning import finetune
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
@@ -278,19 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         nuclei = [generate(IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=i)
                   for i in range(STAGE1_IMAGES)]
         finetune([n.image for n in nuclei], [n.labels for n in nuclei], base=sam,
-                 config=TrainConfig(**STAGE1_TRAINING), on_progress=log, cancel=stop_file.exists)
+                 config=TrainConfig.from_options(**STAGE1_TRAINING), on_progress=log, cancel=stop_file.exists)
 
         # Stage 2: the mixed set with object kinds: points and boxes, a corrective round, text.
         images, labels, classes = training_images(mixed_fraction=args.mixed_fraction, size_variety=args.size_variety)
         result = finetune(as_samples(images, labels, classes, "procedural"), base=sam, out=stage2_out,
-                          config=TrainConfig(**stage2), on_progress=log, cancel=stop_file.exists)
+                          config=TrainConfig.from_options(**stage2), on_progress=log, cancel=stop_file.exists)
         sam = result.model
 
     if args.stage3_epochs and (result is None or not result.cancelled):
         # Stage 3: every kind as common as nuclei, at a lower learning rate.
         print("stage 3", flush=True)
         result = finetune(as_samples(*balanced_images(args.stage3_images), "balanced"), base=sam, out=args.out,
-                          config=TrainConfig(**stage3), on_progress=log, cancel=stop_file.exists)
+                          config=TrainConfig.from_options(**stage3), on_progress=log, cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
     metadata.pop("checkpoint", None)  # where --from-stage2 was read from: not this file's origin
     metadata.update(
