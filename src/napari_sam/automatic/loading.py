@@ -1,0 +1,111 @@
+"""Reading and writing instance decoders: micro-sam checkpoints and decoder files, unchanged.
+
+Three file layouts are read, all with ``torch.load(weights_only=True)`` (through the
+checkpoint reader of :mod:`napari_sam.checkpoints`; a pickle that would run code is
+refused):
+
+- a micro-sam / torch-em training checkpoint: ``{"model_state": ..., "decoder_state": ...,
+  ...}`` (the SAM weights load with :func:`napari_sam.checkpoints.load_model` from the
+  same file);
+- a micro-sam decoder file (``vit_b_lm_decoder`` and the like): the decoder's state dict
+  itself;
+- a file written by :func:`save_decoder`: ``{"decoder_state": ..., "conventions": ...}``.
+
+A decoder read from a micro-sam file follows micro-sam's conventions (per-image batch-norm
+statistics, min-max input scaling; see :mod:`.decoder`); one written by
+:func:`save_decoder` keeps the conventions it was saved with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import CheckpointError
+from ..checkpoints.reading import _torch_load
+from ..files import atomic_torch_save
+from .decoder import CONVENTIONS, InstanceDecoder, decoder_from_state
+
+__all__ = ["has_decoder", "load_decoder", "read_decoder_state", "save_decoder"]
+
+_DECODER_KEY = "base.block.1.weight"  # present in every instance-decoder state
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """(decoder state or None, conventions) of a checkpoint or decoder file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    loaded = _torch_load(path)
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a checkpoint mapping.")
+    conventions = "micro_sam"
+    state = loaded
+    if isinstance(loaded.get("decoder_state"), Mapping):
+        state = loaded["decoder_state"]
+        conventions = loaded.get("conventions", "micro_sam")
+        if conventions not in CONVENTIONS:
+            raise CheckpointError(f"{path}: unknown decoder conventions {conventions!r}; expected one of {CONVENTIONS}")
+    if _DECODER_KEY not in state:
+        return None, conventions
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if len(tensors) != len(state):
+        raise CheckpointError(f"{path}: the decoder state holds entries that are not tensors.")
+    return tensors, conventions
+
+
+def has_decoder(path: str | os.PathLike) -> bool:
+    """Whether the file holds an instance decoder (a ``decoder_state`` or a bare decoder state)."""
+    return _read(path)[0] is not None
+
+
+def read_decoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The instance decoder's state dict in a checkpoint or decoder file (CPU tensors).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    CheckpointError
+        Unsafe, corrupt or unreadable file, or one without an instance decoder.
+    """
+    state, _ = _read(path)
+    if state is None:
+        raise CheckpointError(
+            f"{path} holds no instance decoder: neither a 'decoder_state' entry nor a decoder state dict "
+            "(micro-sam's automatic segmentation needs a checkpoint trained with its decoder, or the "
+            "matching '*_decoder' file). Use the 'amg' mode, which needs no decoder."
+        )
+    return state
+
+
+def load_decoder(path: str | os.PathLike, device: str | torch.device | None = None) -> InstanceDecoder:
+    """An :class:`InstanceDecoder` from a checkpoint or decoder file, in eval mode.
+
+    The architecture comes from the tensors (:func:`~.decoder.decoder_from_state`); the
+    conventions from the file (micro-sam's unless it was written by :func:`save_decoder`).
+
+    Raises
+    ------
+    FileNotFoundError, CheckpointError
+        As :func:`read_decoder_state`; CheckpointError also when the tensors do not fit.
+    """
+    state, conventions = _read(path)
+    if state is None:
+        read_decoder_state(path)  # raises with the full message
+    try:
+        decoder = decoder_from_state(state, conventions=conventions)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    if device is not None:
+        decoder.to(device)
+    return decoder
+
+
+def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike) -> Path:
+    """Write ``decoder`` atomically as ``{"decoder_state", "conventions"}`` (tensors and a str)."""
+    state = {k: v.detach().cpu() for k, v in decoder.state_dict().items()}
+    return atomic_torch_save({"decoder_state": state, "conventions": decoder.conventions}, path)
