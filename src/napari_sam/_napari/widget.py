@@ -349,7 +349,12 @@ class AnnotateWidget(AnnotateControls):
         if event is not None and getattr(event, "action", None) in ("adding", "removing", "changing"):
             return  # the matching "added" / "removed" / "changed" follows
         self._revision += 1
-        self._debounce.start()
+        if event is not None and self.session is not None and self._predictions.worker is None:
+            # A click is decoded now, not after Qt has drawn the new point: a frame sooner.
+            self._debounce.stop()
+            self._predict_now()
+        else:
+            self._debounce.start()
 
     def _predict_now(self) -> None:
         try:
