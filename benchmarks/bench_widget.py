@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def main() -> None:
     model = load_model("default", device="cpu")
     data = planes(args.eval_dir)
     results = {name: run_plane(name, *data[name], model, args.clicks) for name in args.planes}
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    report = {"commit": commit.stdout.strip(), "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                           "python": platform.python_version(), "torch": torch.__version__},
               "model": "default", "image": "CTC HeLa t19 (512 crop; 2048 mirrored)", "results": results}
     text = json.dumps(report, indent=2)
