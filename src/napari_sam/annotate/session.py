@@ -205,15 +205,15 @@ class AnnotationSession:
             raise ValueError("no plane to segment")
         if prompt_set.empty:
             raise ValueError("no prompt given: add a point, a box or a text")
+        dispatch = prompt_set.dispatch
+        if dispatch in (BOXES, BOXES_TEXT):  # one object per box: no mask prompt
+            tiles = [tile for box in prompt_set.boxes for tile in tiled.tiles_for(box=box)]
+            return Request(self.key, revision, prompt_set, None, None, False, False, tuple(tiles))
         mask_prompt, mask_label, refined = None, None, False
         shown = self.result
-        dispatch = prompt_set.dispatch
         if shown is not None and len(shown.candidates) == 1 and prompt_set.extends(shown.request.prompt_set):
             mask_prompt = shown.candidates[0].mask_prompt(self.choice)
             mask_label, refined = shown.request.mask_label, True
-        if dispatch in (BOXES, BOXES_TEXT):
-            tiles = [tile for box in prompt_set.boxes for tile in tiled.tiles_for(box=box)]
-            return Request(self.key, revision, prompt_set, None, None, False, False, tuple(tiles))
         points = prompt_set.points if len(prompt_set.points) else None
         labels = prompt_set.labels if points is not None else None
         prompts = tiled.prompts(points, labels, prompt_set.box, mask_prompt, prompt_set.text)
