@@ -116,9 +116,7 @@ class AnnotateWidget(AnnotateControls):
         """The shown result: one ``Candidates`` per object (several for several boxes)."""
         return [] if self.session is None else self.session.candidates
 
-    @property
-    def choice(self) -> int:
-        return 0 if self.session is None else self.session.choice
+    choice = property(lambda self: 0 if self.session is None else self.session.choice)
 
     @property
     def busy(self) -> bool:
@@ -349,12 +347,10 @@ class AnnotateWidget(AnnotateControls):
         if event is not None and getattr(event, "action", None) in ("adding", "removing", "changing"):
             return  # the matching "added" / "removed" / "changed" follows
         self._revision += 1
+        self._debounce.start()
         if event is not None and self.session is not None and self._predictions.worker is None:
-            # A click is decoded now, not after Qt has drawn the new point: a frame sooner.
-            self._debounce.stop()
+            self._debounce.stop()  # a click is decoded now, not after Qt drew the new point: a frame sooner
             self._predict_now()
-        else:
-            self._debounce.start()
 
     def _predict_now(self) -> None:
         try:
