@@ -7,22 +7,16 @@ from collections.abc import Hashable
 import numpy as np
 import torch
 
+from ..inference.encoding import encode_batch
 from ..lru import ByteLRU, tensor_bytes
-
-
-def encode_input(sam: torch.nn.Module, image: np.ndarray, grad: bool) -> torch.Tensor:
-    """``(1, C, h, w)`` embedding of a ``(h, w, 3)`` uint8 model-input image.
-
-    The model family's ``prepare`` (no resize: the image is already in the model-input
-    frame) and ``encode``, under ``grad``; the one place the trainer runs the encoder.
-    """
-    inputs, _ = sam.prepare(image)
-    with torch.set_grad_enabled(grad):
-        return sam.encode(inputs)
 
 
 class Embedder:
     """Embeddings of model-input images, the frozen encoder's kept in a byte-bounded LRU.
+
+    Images are already in the model-input frame, so the model family's ``prepare`` does
+    not resize them; :func:`napari_sam.inference.encoding.encode_batch` is the one
+    encoder call, with gradients when the encoder is trained.
 
     Parameters
     ----------
@@ -42,7 +36,7 @@ class Embedder:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        embedding = encode_input(self.sam, image, grad)
+        embedding, _ = encode_batch(self.sam, [image], grad=grad)
         if not grad and key is not None:
             self.cache.put(key, embedding)
         return embedding
