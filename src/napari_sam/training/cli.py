@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Any
 
+from ..console import set_summary
 from .lora import TRAIN_MODES
 from .recipes import RECIPES
 
@@ -75,11 +76,12 @@ class _Progress:
         self.bar = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from tqdm import tqdm
+        from ..console import progress_bar
 
         if self.bar is None:
-            self.bar = tqdm(total=event["total_steps"], initial=event["step"] - (event["event"] == "step"),
-                            unit="step", dynamic_ncols=True)
+            # A live bar in a terminal; a line per 10 % (or minute) in a log file.
+            self.bar = progress_bar(total=event["total_steps"], initial=event["step"] - (event["event"] == "step"),
+                                    unit="step", desc="finetune")
         if event["event"] == "step":
             self.bar.update(1)
             self.bar.set_postfix(epoch=event["epoch"] + 1, loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
@@ -140,8 +142,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped at step {result.step} of {result.total_steps}; resume with --resume (state: {state})")
     if result.model_path is not None:
         best = result.best or {}
-        print(
+        saved = (
             f"saved {result.model_path} (best epoch {best.get('epoch', 0) + 1}: mIoU point "
             f"{best.get('point_miou', float('nan')):.3f}, box {best.get('box_miou', float('nan')):.3f})"
         )
+        print(saved)
+        set_summary(f"{saved}, {result.step} of {result.total_steps} steps")
+    elif result.cancelled:
+        set_summary(f"stopped at step {result.step} of {result.total_steps}, nothing saved")
     return 0
