@@ -152,7 +152,7 @@ def embed_stack(job: EmbedJob, indices: Sequence | None = None, *, client=None, 
     client : dask.distributed.Client, optional
         Run the planes as tasks on this cluster; by default in this process.
     progress : bool
-        Show a tqdm progress bar over planes.
+        Show progress over planes (a bar in a terminal, a line per 10 % in a log).
     on_plane : callable(PlaneReport), optional
         Called as each plane finishes (in completion order).
 
@@ -160,11 +160,11 @@ def embed_stack(job: EmbedJob, indices: Sequence | None = None, *, client=None, 
     -------
     The reports, one per plane, in completion order.
     """
-    from tqdm.auto import tqdm
+    from ..console import progress_bar
 
     indices = list(_stack(job).plane_indices()) if indices is None else list(indices)
     reports: list[PlaneReport] = []
-    bar = tqdm(total=len(indices), unit="plane", desc="embedding", disable=not progress)
+    bar = progress_bar(total=len(indices), unit="plane", desc="embedding", disable=not progress)
     try:
         if client is None:
             results: Iterable = (embed_plane(job, index) for index in indices)
@@ -226,6 +226,8 @@ def add_embed_parser(subparsers) -> None:
 
 
 def _cmd_embed(args) -> int:
+    from ..console import set_summary
+
     job = EmbedJob(path=str(args.stack), model=args.model, cache_dir=str(args.cache), tile_size=args.tile,
                    halo=args.halo, device=args.device, series=args.series)
     stack = _stack(job)
@@ -244,6 +246,7 @@ def _cmd_embed(args) -> int:
         reports = embed_stack(job, indices)
     tiles = sum(r.tiles for r in reports)
     computed = sum(r.computed for r in reports)
-    print(f"{len(reports)} planes, {tiles} embeddings: {computed} computed, {tiles - computed} already cached "
-          f"({time.perf_counter() - start:.1f} s)")
+    done = f"{len(reports)} planes, {tiles} embeddings: {computed} computed, {tiles - computed} already cached"
+    print(f"{done} ({time.perf_counter() - start:.1f} s)")
+    set_summary(f"{done} in {args.cache}")
     return 0
