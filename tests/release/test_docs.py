@@ -27,3 +27,19 @@ def test_mkdocs_builds_strictly_with_the_api_reference(tmp_path):
         assert name in api, name
     assert (site / "images" / "widget.png").is_file()
     assert (site / "usage" / "index.html").is_file()
+
+
+def test_figures_script_renders_every_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_figures.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    names = {"loop.png", "quality.png", "speed.png", "finetune_curves.png"}
+    assert {p.name for p in tmp_path.iterdir()} == names
+    from PIL import Image
+
+    for name in names:
+        width, height = Image.open(tmp_path / name).size
+        assert width > 400 and height > 200, name
+    # The committed pictures are the script's (same names; the docs pages show them).
+    assert names <= {p.name for p in (ROOT / "docs" / "images").iterdir()}
