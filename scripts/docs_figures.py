@@ -11,18 +11,32 @@ Figures (each from files in the repository, nothing measured here except the loo
   training time for every docs/finetune_bbbc007*.json run
 - ``loop.png``: the annotate loop on the sample image with the default model: the click,
   the three ranked candidates with their predicted IoU, the accepted label
+- ``modalities.png``: the default model's masks on one image of each labelled source in
+  ../shared/eval (one point per object, as benchmarks/bench_quality.py prompts); skipped
+  when that folder is absent
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", ROOT.parent / "shared" / "eval"))
+# One image per modality: (label, file stem in EVAL, plane index for stacks, crop (r0, c0, size)).
+MODALITIES = [
+    ("BBBC007 fluorescence nuclei", "bbbc007/A9_p5d", None, (0, 0, 450)),
+    ("HeLa nuclei (CTC)", "ctc_hela/ctc_hela_t19", None, (250, 400, 300)),
+    ("cells3d nuclei, z = 30", "cells3d_nbsd/nuclei3d", 30, (0, 0, 256)),
+    ("synthetic 3D nuclei, z = 15", "stardist_synthetic3d/nuclei3d", 15, (0, 0, 61)),
+    ("transmitted light, whole cells", "ndev_scratch/scratch_oblique_t00-09", 0, (0, 0, 210)),
+]
 
 
 def _plt():
@@ -126,6 +140,60 @@ def loop(out: Path, point: tuple[float, float] = (145.0, 161.0)) -> Path:
     return _save(fig, out / "loop.png")
 
 
+def modalities(out: Path) -> Path | None:
+    """Image with true outlines above, the default model's masks (one point each) below."""
+    if not EVAL.is_dir():
+        print(f"skipping modalities.png: no evaluation images at {EVAL}", file=sys.stderr)
+        return None
+    plt = _plt()
+    import tifffile
+    from skimage.segmentation import find_boundaries
+
+    import napari_sam
+    from napari_sam.inference.tiling import TiledPredictor
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_quality import iou, objects  # the benchmark's prompts and score, not a copy
+
+    predictor = TiledPredictor(napari_sam.Predictor(napari_sam.load_model("default", device="cpu")))
+    fig, axes = plt.subplots(2, len(MODALITIES), figsize=(3.2 * len(MODALITIES), 6.6))
+    rng = np.random.default_rng(0)
+    for column, (title, stem, index, (r0, c0, size)) in enumerate(MODALITIES):
+        image = tifffile.imread(EVAL / f"{stem}_image.tif")
+        labels = tifffile.imread(EVAL / f"{stem}_labels.tif")
+        if index is not None:
+            image, labels = image[index], labels[index]
+        crop = (slice(r0, r0 + size), slice(c0, c0 + size))
+        predictor.set_plane(image)
+        predicted = np.zeros(labels.shape, np.int32)
+        scores = []
+        for number, (mask, point, _box) in enumerate(objects(labels, 20), start=1):
+            if not (crop[0].start <= point[0] < crop[0].stop and crop[1].start <= point[1] < crop[1].stop):
+                continue
+            best = predictor.predict(points=[point]).best
+            scores.append(iou(best, mask))
+            predicted[best & (predicted == 0)] = number
+        shown = image[crop].astype(np.float32)
+        low, high = np.percentile(shown, (0.5, 99.5))
+        shown = np.clip((shown - low) / max(high - low, 1e-6), 0, 1)
+        colours = rng.random((int(predicted.max()) + 1, 3))
+        for row, (ax, part) in enumerate(zip(axes[:, column], (labels[crop], predicted[crop]))):
+            ax.imshow(shown, cmap="gray")
+            if row == 0:
+                outline = find_boundaries(part, mode="inner")
+                ax.imshow(np.ma.masked_where(~outline, outline), cmap="autumn", alpha=0.9)
+                ax.set_title(f"{title}\nlabels ({len(scores)} objects)", fontsize=8)
+            else:
+                overlay = np.zeros((*part.shape, 4))
+                overlay[..., :3] = colours[part]
+                overlay[..., 3] = 0.45 * (part > 0)
+                ax.imshow(overlay)
+                ax.set_title(f"default model, one point each\nmean IoU {np.mean(scores):.2f}", fontsize=8)
+            ax.set_axis_off()
+    fig.suptitle("The default model per modality (evaluation images, crops)", fontsize=10)
+    return _save(fig, out / "modalities.png")
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -133,7 +201,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-FIGURES = {"quality": quality, "speed": speed, "finetune_curves": finetune_curves, "loop": loop}
+FIGURES = {"quality": quality, "speed": speed, "finetune_curves": finetune_curves, "loop": loop,
+           "modalities": modalities}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or FIGURES:
-        print(FIGURES[name](args.out))
+        path = FIGURES[name](args.out)
+        if path is not None:
+            print(path)
     return 0
 
 
