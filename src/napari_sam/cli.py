@@ -1,4 +1,4 @@
-"""The ``napari-sam`` command: segment, embed, fine-tune and manage models headless."""
+"""The ``napari-sam`` command: segment, embed, fine-tune, export and manage models headless."""
 
 from __future__ import annotations
 
