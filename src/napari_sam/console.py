@@ -60,8 +60,9 @@ def summary_line(prog: str, command: str, elapsed_s: float) -> str:
 class LineProgress:
     """A tqdm look-alike for logs: one line per step of progress, never a carriage return.
 
-    Supports the part of tqdm's API this package uses: ``update``, ``set_postfix``,
-    ``write``, ``close`` and use as a context manager.
+    Supports the part of tqdm's API this package and pooch's downloads use: ``update``,
+    ``set_postfix``, ``write``, ``reset``, ``close``, a settable ``total`` and use as a
+    context manager.
 
     Parameters
     ----------
@@ -70,7 +71,7 @@ class LineProgress:
     desc : str, optional
         Prefix of each line.
     unit : str
-        Name of one unit ("step", "plane").
+        Name of one unit ("step", "plane"); "B" counts bytes, shown in MB.
     initial : int
         Units already done (a resumed run).
     file : text stream, optional
@@ -83,7 +84,7 @@ class LineProgress:
     def __init__(self, total: int | None = None, *, desc: str | None = None, unit: str = "it",
                  initial: int = 0, file: IO[str] | None = None, every_percent: float = LOG_EVERY_PERCENT,
                  every_s: float = LOG_EVERY_S) -> None:
-        self.total = total
+        self._total = total
         self.desc = desc
         self.unit = unit
         self.n = initial
@@ -96,6 +97,23 @@ class LineProgress:
         self._last_line = self._start
         self._next_percent = self._percent_step_after(self._percent())
         self._last_n = initial
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:  # pooch sets it once the size is known
+        self._total = value
+        self._next_percent = self._percent_step_after(self._percent())
+
+    def reset(self, total: int | None = None) -> None:
+        """Start counting again from 0 (tqdm's ``reset``), keeping the total unless given."""
+        self.n = 0
+        self._last_n = 0
+        if total is not None:
+            self._total = total
+        self._next_percent = self._percent_step_after(self._percent())
 
     def _stream(self) -> IO[str]:
         return self.file if self.file is not None else sys.stderr
@@ -113,10 +131,14 @@ class LineProgress:
     def _line(self) -> str:
         elapsed = time.monotonic() - self._start
         head = f"{self.desc}: " if self.desc else ""
-        if self.total:
-            count = f"{self.n}/{self.total} {self.unit}s ({self._percent():.0f}%)"
+        if self.unit == "B":
+            done, total, unit = f"{self.n / 1e6:.1f}", f"{(self.total or 0) / 1e6:.1f}", " MB"
         else:
-            count = f"{self.n} {self.unit}s"
+            done, total, unit = str(self.n), str(self.total), f" {self.unit}s"
+        if self.total:
+            count = f"{done}/{total}{unit} ({self._percent():.0f}%)"
+        else:
+            count = f"{done}{unit}"
         tail = f", {self.postfix}" if self.postfix else ""
         return f"{head}{count}, {elapsed:.0f} s{tail}"
 
@@ -193,5 +215,6 @@ def progress_bar(total: int | None = None, *, desc: str | None = None, unit: str
         return notebook_tqdm(total=total, desc=desc, unit=unit, initial=initial)
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, dynamic_ncols=True,
+                    unit_scale=unit == "B")
     return LineProgress(total, desc=desc, unit=unit, initial=initial, file=file)

@@ -129,3 +129,47 @@ def test_finetune_into_a_log_file_writes_lines_not_carriage_returns(tmp_path, mo
     assert "steps (100%)" in progress
     last = done.stdout.splitlines()[-1]
     assert last.startswith(f"napari-sam finetune: saved {out}") and "steps (" in last
+
+
+def test_line_progress_follows_a_download_as_pooch_drives_it():
+    # pooch: total set after creation, 1 kB updates, then reset(), update(total), close().
+    log = io.StringIO()
+    bar = console.LineProgress(desc="downloading w.pt", unit="B", file=log)
+    bar.total = 5_000_000
+    for _ in range(5_000_000 // 1024):
+        bar.update(1024)
+    bar.reset()
+    bar.update(5_000_000)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert 9 <= len(lines) <= 11, lines
+    assert lines[0].startswith("downloading w.pt: 0.5/5.0 MB (10%)")
+    assert lines[-1].startswith("downloading w.pt: 5.0/5.0 MB (100%)")
+
+
+def test_fetch_into_a_log_uses_line_progress(monkeypatch, tmp_path):
+    from napari_sam.checkpoints import download
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class Downloader:
+        def __init__(self, url, progressbar):
+            seen["progressbar"] = progressbar
+
+    def retrieve(*args, **kwargs):
+        raise Stop  # nothing is downloaded
+
+    monkeypatch.setattr(download, "_HashRecordingDownloader", Downloader)
+    monkeypatch.setattr(download.pooch, "retrieve", retrieve)
+    monkeypatch.setenv(download.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a TTY
+    with pytest.raises(Stop):
+        download.fetch_weights("vit_t")
+    assert isinstance(seen["progressbar"], console.LineProgress)
+    console.set_quiet(True)
+    with pytest.raises(Stop):
+        download.fetch_weights("vit_t")
+    assert seen["progressbar"] is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ def fetch_weights(name: str, *, progressbar: bool | None = None) -> Path:
     name : str
         A key of :data:`~napari_sam.checkpoints.MODELS`.
     progressbar : bool, optional
-        Show a tqdm progress bar; default: when tqdm is installed.
+        Show progress (a tqdm bar in a terminal, a line per 10 % in a log, nothing under
+        ``--quiet``); default: when tqdm is installed.
 
     Returns
     -------
@@ -65,6 +67,14 @@ def fetch_weights(name: str, *, progressbar: bool | None = None) -> Path:
 
     if progressbar is None:
         progressbar = _tqdm_available()
+    if progressbar is True:
+        from .. import console
+
+        # pooch's tqdm bar in a terminal; in a log, a line per 10 % instead of a flood of updates.
+        if console.is_quiet():
+            progressbar = False
+        elif not sys.stderr.isatty():
+            progressbar = console.LineProgress(desc=f"downloading {spec.filename}", unit="B")
     downloader = _HashRecordingDownloader(spec.url, progressbar)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -136,7 +146,7 @@ class _HashRecordingDownloader:
     error say what actually arrived.
     """
 
-    def __init__(self, url: str, progressbar: bool) -> None:
+    def __init__(self, url: str, progressbar: Any) -> None:
         self._download = pooch.downloaders.choose_downloader(url, progressbar=progressbar)
         self.sha256: str | None = None
 
