@@ -16,8 +16,8 @@ from napari_sam.inference import transforms
 from napari_sam.inference.embeddings import EmbeddingStore
 from napari_sam.imaging import to_rgb_uint8
 from napari_sam.model import build_sam
-from napari_sam.inference.predictor import Embedding, Predictor
-from napari_sam.inference.prompts import Prompts
+from napari_sam.inference.predictor import Candidates, Embedding, Predictor
+from napari_sam.inference.prompts import MaskPrompt, Prompts
 from napari_sam.inference.tiling import TiledPredictor, TileGrid, axis_split
 from tiny import TINY
 
@@ -443,3 +443,159 @@ def test_predict_boxes_on_a_small_plane_is_exactly_predictor(model):
     for got, expected in zip(tiled.predict_boxes(boxes), reference.predict_boxes(boxes)):
         np.testing.assert_array_equal(got.masks, expected.masks)
         np.testing.assert_array_equal(got.scores, expected.scores)
+
+
+# ---- one prompt path: validated once, tiles convert prompts and candidates -------------
+
+
+@given(st.integers(130, 400), st.integers(130, 400), st.data())
+@settings(max_examples=100, deadline=None)
+def test_to_local_keeps_the_tiles_points_and_clips_the_box_and_to_plane_brings_them_back(height, width, data):
+    grid = TileGrid((height, width), 64, 8)
+    coord = st.tuples(st.floats(-0.5, height - 0.5), st.floats(-0.5, width - 0.5))
+    points = np.array(data.draw(st.lists(coord, min_size=1, max_size=6)))
+    labels = np.array(data.draw(st.lists(st.integers(0, 1), min_size=len(points), max_size=len(points))))
+    (r0, c0), (r1, c1) = sorted(data.draw(st.tuples(coord, coord)))
+    r0, r1 = min(r0, r1), max(r0, r1)
+    c0, c1 = min(c0, c1), max(c0, c1)
+    prompts = Prompts.build((height, width), (16, 16), points, labels, (r0, c0, r1, c1))
+    tile = data.draw(st.sampled_from(grid.tiles))
+    local = tile.to_local(prompts)
+    assert local.shape == tile.shape and local.text is None and local.mask_input is None
+    on_tile = transforms.inside_plane_rc(points - tile.offset, tile.shape)
+    if on_tile.any():
+        np.testing.assert_allclose(transforms.window_to_plane_rc(local.points, tile.window), points[on_tile])
+        np.testing.assert_array_equal(local.point_labels, labels[on_tile])
+        assert transforms.inside_plane_rc(local.points, tile.shape).all()
+    else:
+        assert local.points is None
+    if local.box is not None:  # clipped: the part of the box on the tile
+        expected = np.clip(np.array([r0, c0, r1, c1]) - tile.offset * 2, -0.5,
+                           [tile.shape[0] - 0.5, tile.shape[1] - 0.5] * 2)
+        np.testing.assert_allclose(local.box, expected)
+    chosen = grid.choose((r0, c0, r1, c1))
+    if chosen is not None:  # a tile that holds the box keeps it as it is
+        np.testing.assert_allclose(transforms.window_to_plane_rc(chosen.to_local(prompts).box, chosen.window),
+                                   [r0, c0, r1, c1])
+    masks = np.random.default_rng(0).random((2, *tile.shape)) > 0.5
+    result = Candidates(masks=masks, scores=np.array([0.9, 0.8]), logits=np.zeros((2, 16, 16), np.float32))
+    on_plane = tile.to_plane(result)
+    assert on_plane.frame == tile and on_plane.masks.shape == (2, height, width)
+    np.testing.assert_array_equal(on_plane.masks[(slice(None),) + tile.slices()], masks)
+    assert on_plane.masks.sum() == masks.sum()
+    assert on_plane.logits is result.logits and on_plane.scores is result.scores
+
+
+@pytest.fixture()
+def count_validations(monkeypatch):
+    """How many times ``Prompts.build`` (the one validation) ran."""
+    calls = []
+    build = Prompts.build.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(args)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Prompts, "build", classmethod(counting))
+    return calls
+
+
+def test_prompts_are_validated_once_per_prediction_whatever_the_tiles(model, count_validations):
+    shape = (300, 420)
+    plane = np.where(disc(shape, (150, 200), 20), 200, 20).astype(np.uint8)
+    tiled = TiledPredictor(TextThresholdPredictor(model), tile_size=128, halo=32)
+    tiled.set_plane(plane)
+    for prompt in [dict(points=[(150, 200)]),                          # one tile
+                   dict(box=(10, 10, 290, 400)),                       # blended over several
+                   dict(points=[(150, 200), (20, 20)], point_labels=[1, 0]),
+                   dict(text="nucleus")]:                              # every tile
+        count_validations.clear()
+        tiled.predict(**prompt)
+        assert len(count_validations) == 1, prompt
+    count_validations.clear()
+    ready = tiled.prompts(points=[(150, 200)])
+    first = tiled.predict(prompts=ready)
+    tiled.predict(prompts=ready, multimask=False)
+    tiled.tiles_for(prompts=ready)
+    assert len(count_validations) == 1  # only tiled.prompts(...) validated
+    count_validations.clear()
+    # (the stand-in's logits are model-input sized; a low-res mask prompt in the same tile)
+    mask = MaskPrompt(np.zeros((1, *model.low_res_size), np.float32), first.frame)
+    tiled.predict(points=[(150, 200), (160, 190)], mask_input=mask)
+    assert len(count_validations) == 1
+    count_validations.clear()
+    tiled.predict_boxes([(130, 180, 170, 220), (10, 10, 290, 400), (20, 300, 60, 340)])
+    assert len(count_validations) == 3  # once per box
+    small = TiledPredictor(TextThresholdPredictor(model), tile_size=128, halo=32)
+    small.set_plane(plane[:100, :120])
+    count_validations.clear()
+    small.predict(points=[(50, 60)])
+    assert len(count_validations) == 1
+
+
+def test_ready_prompts_must_be_of_the_current_plane_and_come_alone(model):
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(np.zeros((300, 300), np.uint8))
+    ready = tiled.prompts(points=[(10, 10)])
+    with pytest.raises(ValueError, match="not both"):
+        tiled.predict(points=[(10, 10)], prompts=ready)
+    tiled.set_plane(np.zeros((200, 300), np.uint8))
+    with pytest.raises(ValueError, match="plane"):
+        tiled.predict(prompts=ready)
+    predictor = Predictor(model)
+    predictor.set_image(np.zeros((90, 100), np.uint8))
+    with pytest.raises(ValueError, match="90x100"):
+        predictor.predict(prompts=ready)
+
+
+def test_a_mask_prompt_from_another_tile_is_shifted_into_the_tile_the_new_prompt_needs(model, monkeypatch):
+    predictor = Predictor(model)
+    tiled = TiledPredictor(predictor, tile_size=128, halo=16)
+    tiled.set_plane(np.random.default_rng(6).random((500, 500)).astype(np.float32))
+    first = tiled.predict(points=[(60, 60)])
+    received = []
+    original = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda **kw: received.append(kw["prompts"]) or original(**kw))
+    far = tiled.predict(points=[(400, 420)], mask_input=first.mask_prompt(2))
+    assert far.frame != first.frame and far.frame == tiled.grid.choose((400, 420, 400, 420))
+    # The logits of the first tile, moved by the offset between the tiles (in low-res pixels).
+    scale = first.frame.shape[0] / model.low_res_size[0]
+    shift = np.subtract(first.frame.offset, far.frame.offset) / scale
+    expected = ndimage.shift(first.logits[2], shift, order=1, mode="nearest")
+    np.testing.assert_allclose(received[-1].mask_input.logits[0], expected, atol=1e-5)
+    assert received[-1].mask_input.frame is None  # the tile is the local plane
+    same = tiled.predict(points=[(60, 60), (70, 65)], mask_input=first.mask_prompt(0))
+    assert same.frame == first.frame
+    np.testing.assert_array_equal(received[-1].mask_input.logits[0], first.logits[0])
+
+
+def test_a_plain_array_mask_input_on_one_tile_is_exactly_predictor(model):
+    plane = np.random.default_rng(7).integers(0, 255, (100, 120)).astype(np.uint8)
+    reference = Predictor(model)
+    reference.set_image(plane)
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(plane)
+    first = reference.predict(points=[(40, 50)])
+    assert first.frame is None
+    expected = reference.predict(points=[(40, 50), (60, 70)], mask_input=first.logits[1])
+    for mask_input in (first.logits[1], first.mask_prompt(1), tiled.predict(points=[(40, 50)]).mask_prompt(1)):
+        got = tiled.predict(points=[(40, 50), (60, 70)], mask_input=mask_input)
+        np.testing.assert_array_equal(got.masks, expected.masks)
+        np.testing.assert_array_equal(got.logits, expected.logits)
+        assert got.frame == tiled.grid.tiles[0]
+    np.testing.assert_array_equal(
+        reference.predict(points=[(40, 50), (60, 70)], mask_input=first.mask_prompt(1)).masks, expected.masks)
+
+
+def test_an_existing_label_becomes_the_mask_prompt_of_the_tile_the_prompt_uses(model):
+    tiled = TiledPredictor(Predictor(model), tile_size=128, halo=16)
+    tiled.set_plane(np.zeros((300, 300), np.uint8))
+    label = disc((300, 300), (215, 225), 12)
+    prompts = tiled.prompts(points=[(215, 225)])
+    prompt = tiled.mask_prompt(label, prompts)
+    (tile,) = tiled.tiles_for(prompts=prompts)
+    assert prompt.frame == tile and prompt.logits.shape == (1, *model.low_res_size)
+    expected = transforms.mask_to_low_res_logits(label[tile.slices()], model.image_size, model.low_res_size)
+    np.testing.assert_array_equal(prompt.logits[0], expected)
+    assert tiled.mask_prompt(np.zeros((300, 300), bool), prompts) is None
+    assert tiled.mask_prompt(label, tiled.prompts(box=(5, 5, 295, 295))) is None  # several tiles
