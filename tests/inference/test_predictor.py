@@ -267,3 +267,27 @@ def test_no_warnings_on_a_normal_call(ready):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ready.predict(points=[(40, 70)])
+
+
+def test_ready_prompts_are_used_as_they_are_without_a_second_validation(ready, monkeypatch):
+    from napari_sam.inference.prompts import Prompts
+
+    shape, low = ready.embedding.original_size, ready.model.low_res_size
+    point = Prompts.build(shape, low, points=[(40, 70)])
+    boxes = [Prompts.build(shape, low, box=(10, 20, 60, 90)), Prompts.build(shape, low, box=(5, 5, 30, 40))]
+    ready.predict(points=[(40, 70)])  # the first decode after set_image may differ in the last bit
+    expected = ready.predict(points=[(40, 70)])
+    expected_boxes = ready.predict_boxes([(10, 20, 60, 90), (5, 5, 30, 40)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(Prompts, "build", classmethod(refuse))
+    got = ready.predict(prompts=point)
+    np.testing.assert_array_equal(got.masks, expected.masks)
+    np.testing.assert_array_equal(got.logits, expected.logits)
+    assert got.frame is None
+    for got, want in zip(ready.predict_boxes(boxes), expected_boxes):
+        np.testing.assert_array_equal(got.masks, want.masks)
+    with pytest.raises(ValueError, match="not both"):
+        ready.predict(points=[(40, 70)], prompts=point)

@@ -320,7 +320,9 @@ def resample_low_res(logits: np.ndarray, source: Window, target: Window) -> np.n
     Both windows are in one plane's pixels. Low-res pixel ``u`` of a window of longest side
     ``n`` covers plane rows ``r0 + (n / h) * (u + 0.5) - 0.5`` (the model input keeps the
     aspect ratio; the short side's rounding is ignored). Bilinear, edges extended.
-    Windows of one shape (one tile grid) differ by a shift only.
+    Windows of one shape (one tile grid) differ by a shift only, the same for a family
+    that stretches its input (SAM 2); between windows of different shapes, the short
+    side of a stretched frame is only approximated.
     """
     if tuple(source) == tuple(target):
         return logits
