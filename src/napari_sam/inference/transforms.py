@@ -308,7 +308,10 @@ def window_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
 
 
 def window_to_plane_masks(masks: np.ndarray, window: Window, shape: tuple[int, int]) -> np.ndarray:
-    """``(N, h, w)`` masks of a window -> ``(N, H, W)`` masks of the plane, False outside it."""
+    """``(N, h, w)`` masks of a window -> ``(N, H, W)`` masks of the plane, False outside it
+    (``masks`` themselves when the window is the whole plane)."""
+    if tuple(window) == (0, 0) + tuple(shape):
+        return masks
     out = np.zeros((len(masks),) + tuple(shape), dtype=masks.dtype)
     out[(slice(None),) + window_slices(window, (0, 0) + tuple(shape))] = masks
     return out
