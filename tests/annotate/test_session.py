@@ -210,7 +210,7 @@ def text_session_large():
 
 
 def _text_session(shape):
-    from conftest import DiskPredictor
+    from disk_predictor import DiskPredictor
     from tiny import TINY, build_tiny
 
     from napari_sam.inference.text import TEXT_DIM
