@@ -18,6 +18,7 @@ One click, in order::
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -220,8 +221,8 @@ class AnnotationSession:
         if mask_prompt is None and existing is not None and points is not None:
             label, mask = existing
             mask_prompt = tiled.mask_prompt(mask, prompts)
-            if mask_prompt is not None:
-                prompts = tiled.prompts(points, labels, prompt_set.box, mask_prompt, prompt_set.text)
+            if mask_prompt is not None:  # built for these prompts' tile: no second validation
+                prompts = dataclasses.replace(prompts, mask_input=mask_prompt)
                 mask_label = int(label)
         split = split and dispatch == TEXT
         return Request(self.key, revision, prompt_set, prompts, mask_label, refined, split,
