@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_parser as add_export_parser
 
     add_export_parser(sub)
+    from .annotate.propagate_cli import add_propagate_parser
+
+    add_propagate_parser(sub)
     for command in sub.choices.values():
         # Also after the sub-command (`napari-sam segment ... --quiet`); SUPPRESS keeps a
         # --quiet given before it.

@@ -37,10 +37,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         mode = path.stat().st_mode & 0o7777
     except OSError:
         mode = None
-    # os.open with 0o666 lets the umask decide permissions, as for a plain open().
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    # "xb": exclusive creation, permissions 0o666 & ~umask; a named stream (tifffile
+    # asks for the stream's name, an os.fdopen stream's is an int).
+    stream = open(temporary, "xb")  # noqa: SIM115 (closed by the with below)
     try:
-        with os.fdopen(fd, "wb") as stream:
+        with stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
