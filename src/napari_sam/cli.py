@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_parser as add_export_parser
 
     add_export_parser(sub)
+    from .automatic.cli import add_parser as add_segment_all_parser
+
+    add_segment_all_parser(sub)
     from .annotate.propagate_cli import add_propagate_parser
 
     add_propagate_parser(sub)
