@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import CheckpointError
-from ..checkpoints.reading import _torch_load
+from ..checkpoints.reading import torch_load_data
 from ..files import atomic_torch_save
 from .decoder import CONVENTIONS, InstanceDecoder, decoder_from_state
 
@@ -39,7 +39,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor] | None, str]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    loaded = _torch_load(path)
+    loaded = torch_load_data(path)
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a checkpoint mapping.")
     conventions = "micro_sam"

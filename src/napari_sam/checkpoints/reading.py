@@ -49,7 +49,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    loaded = _torch_load(path)
+    loaded = torch_load_data(path)
     if not isinstance(loaded, Mapping):
         raise CheckpointError(
             f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of "
@@ -59,7 +59,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _strip_prefixes(state, path)
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load_data(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; anything else than data is a :class:`CheckpointError`."""
     try:
         with warnings.catch_warnings():
             # Plain pickles (not torch.save zip files) trigger a protocol warning; the
