@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import linear, mlp_
 
 
 class MLP(nn.Module):
@@ -38,11 +39,18 @@ class MLP(nn.Module):
 
 
 def _pool2x(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max-pool ``(B, H, W, C)`` by ``stride`` in H and W (floor: trailing rows dropped)."""
-    batch, height, width, channels = x.shape
-    height, width = height // stride, width // stride
-    x = x[:, : height * stride, : width * stride]
-    return x.reshape(batch, height, stride, width, stride, channels).amax(dim=(2, 4))
+    """Max-pool ``(B, H, W, C)`` by ``stride`` in H and W (floor: trailing rows dropped).
+
+    An elementwise maximum of the ``stride**2`` strided sub-grids: exact, and several
+    times faster on a CPU than a reduction over a strided view.
+    """
+    height, width = x.shape[1] // stride, x.shape[2] // stride
+    out = None
+    for i in range(stride):
+        for j in range(stride):
+            part = x[:, i : i + height * stride : stride, j : j + width * stride : stride]
+            out = part if out is None else torch.maximum(out, part)
+    return out
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -84,7 +92,7 @@ class MultiScaleAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, dim)`` -> ``(B, H', W', dim_out)``; ``H' = H // q_stride`` when pooling."""
         batch, height, width, _ = x.shape
-        qkv = self.qkv(x)
+        qkv = linear(self.qkv, x)  # one fused oneDNN call in inference
         channels = qkv.shape[-1] // 3
         q, k, v = qkv.split(channels, dim=-1)
         if self.q_stride:
@@ -96,7 +104,7 @@ class MultiScaleAttention(nn.Module):
         v = v.reshape(batch, -1, heads, channels // heads).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(batch, height, width, channels)
-        return self.proj(out)
+        return linear(self.proj, out)
 
 
 class MultiScaleBlock(nn.Module):
@@ -132,7 +140,7 @@ class MultiScaleBlock(nn.Module):
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
-            shortcut = self.proj(x)
+            shortcut = linear(self.proj, x)
             if self.q_stride:
                 shortcut = _pool2x(shortcut, self.q_stride)
         window = self.window_size
@@ -146,8 +154,11 @@ class MultiScaleBlock(nn.Module):
             size = shortcut.shape[1:3]
             padded = (size[0] + -size[0] % window, size[1] + -size[1] % window)
             x = window_unpartition(x, window, padded, size)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = (shortcut + x).contiguous()
+        if torch.is_grad_enabled():
+            return x + self.mlp(self.norm2(x))
+        # Inference: the MLP in place over chunks of tokens, its GELU fused.
+        return mlp_(self.norm2, self.mlp.layers[0], self.mlp.act, self.mlp.layers[1], x)
 
 
 class PatchEmbed(nn.Module):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..family import InputFrame
 from .decoder import Sam2MaskDecoder, Sam2PromptEncoder
-from .neck import ImageEncoder
+from .neck import ImageEncoder, conv1x1
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
@@ -111,9 +111,9 @@ class Sam2(nn.Module):
         s0, s1, s2 = self.image_encoder(x)
         decoder = self.sam_mask_decoder
         return {
-            IMAGE_EMBED: s2 + self.no_mem_embed.view(1, -1, 1, 1),
-            HIGH_RES_S0: decoder.conv_s0(s0),
-            HIGH_RES_S1: decoder.conv_s1(s1),
+            IMAGE_EMBED: (s2 + self.no_mem_embed.view(1, -1, 1, 1)).contiguous(),
+            HIGH_RES_S0: conv1x1(decoder.conv_s0, s0).contiguous(),
+            HIGH_RES_S1: conv1x1(decoder.conv_s1, s1).contiguous(),
         }
 
     def decode(

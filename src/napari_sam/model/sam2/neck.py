@@ -17,7 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import linear_weights
 from .hiera import Hiera
+
+
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``conv`` of ``(B, C, H, W)``; in inference one linear layer over a channels-last
+    view (the trunk's outputs are channels-last already), returned as a channels-last
+    ``(B, C_out, H, W)`` view."""
+    if torch.is_grad_enabled():
+        return conv(x)
+    pixels = x.permute(0, 2, 3, 1)
+    return linear_weights(pixels, conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -100,7 +111,7 @@ class FpnNeck(nn.Module):
         out: list[torch.Tensor] = [xs[0]] * count
         previous = None
         for i in range(count - 1, -1, -1):
-            lateral = self.convs[count - 1 - i](xs[i])
+            lateral = conv1x1(self.convs[count - 1 - i].conv, xs[i])
             if i in self.fpn_top_down_levels and previous is not None:
                 previous = lateral + F.interpolate(previous.float(), scale_factor=2.0, mode="nearest")
             else:
