@@ -63,10 +63,12 @@ def test_an_ellipsoid_is_found_on_every_plane_bigger_than_min_area(grey):
 def test_a_touching_neighbour_is_never_taken_over_where_the_object_ends(grey):
     # A ends on plane 10; B touches it sideways and goes on, partly under A's box.
     stack = disc_stack(20, [(1, range(3, 11), (32, 24), (8, 8)), (2, range(3, 19), (32, 40), (8, 8))])
-    result = propagate(grey, stack, [Seed(1, 6, box=box_of(stack[6] == 1))])
-    labels = result.labels()
-    np.testing.assert_array_equal(labels == 1, stack == 1)
-    assert not (labels[stack == 2]).any()
+    for mode in ("points+mask", "box"):  # the box reaches into B on plane 11
+        result = propagate(grey, stack, [Seed(1, 6, box=box_of(stack[6] == 1))],
+                           settings=PropagationSettings(prompt=mode))
+        labels = result.labels()
+        np.testing.assert_array_equal(labels == 1, stack == 1)
+        assert not (labels[stack == 2]).any()
     assert any(s.plane == 11 and "lies on the previous" in s.reason for s in result.stops)
 
 

@@ -137,8 +137,8 @@ def add_propagate_parser(subparsers) -> None:
                      help="indices of the other leading axes, e.g. a channel (default all 0)")
     cmd.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, ...) or checkpoint path")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
-    cmd.add_argument("--prompt", choices=PROMPT_MODES, default="box",
-                     help="how a plane's mask prompts the next plane (default box)")
+    cmd.add_argument("--prompt", choices=PROMPT_MODES, default="points+mask",
+                     help="how a plane's mask prompts the next plane (default points+mask)")
     cmd.add_argument("--min-score", type=float, default=0.5, help="stop below this predicted IoU (default 0.5)")
     cmd.add_argument("--division", choices=DIVISION_MODES, default="ignore",
                      help="along time: what a division does (stop the track, or daughters get new ids)")
