@@ -110,6 +110,14 @@ def test_a_committed_mask_is_a_seed_and_direction_limits_the_extension(grey):
     assert down.scores[3][8] == 1.0
 
 
+def test_an_empty_seed_is_reported_and_followed_nowhere(grey):
+    stack = disc_stack(6, [(2, range(6), (32, 32), (8, 8))])
+    result = propagate(grey, stack, [Seed(1, 3, mask=np.zeros(SHAPE, bool)), Seed(2, 3, mask=stack[3] == 2)])
+    assert result.planes(1) == [3] and not result.masks[1][3].area
+    assert {s.reason for s in result.stops if s.label == 1} == {"the seed's mask is empty"}
+    assert result.planes(2) == list(range(6))
+
+
 def test_interior_points_lie_inside_and_apart():
     mask = PlaneMask.from_mask(ellipse(SHAPE, (30, 30), (6, 15)))
     points = interior_points(mask)

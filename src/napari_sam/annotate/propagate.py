@@ -371,7 +371,10 @@ class Propagator:
         while 0 <= plane < count:
             # Seeds on this plane (re)start their object.
             for label, planes in by_label.items():
-                if plane in planes:
+                if plane in planes and not planes[plane].area:  # nothing to follow from an empty seed
+                    active.pop(label, None)
+                    result.stops.append(Stop(label, direction, plane + direction, "the seed's mask is empty"))
+                elif plane in planes:
                     active[label] = _Track(label, planes[plane], plane)
                     ahead = [p for p in planes if (p - plane) * direction > 0]
                     end = (count - 1 if direction > 0 else 0) if extend else plane
@@ -517,6 +520,8 @@ def interior_points(mask: PlaneMask, count: int = 3) -> np.ndarray:
     The first is the deepest pixel (distance transform maximum); each next one is, among
     pixels at least half as deep, the farthest from the points chosen so far.
     """
+    if not mask.area:
+        return np.zeros((0, 2))
     depth = ndimage.distance_transform_edt(np.pad(mask.crop, 1))[1:-1, 1:-1]
     rows, cols = np.nonzero(depth >= 0.5 * depth.max())
     chosen = [int(np.argmax(depth[rows, cols]))]
