@@ -21,28 +21,21 @@ from napari_sam.model.sam2 import (
 SMALL = {
     "embed_dim": 8, "num_heads": 1, "stages": [1, 2, 4, 1], "global_att_blocks": [4, 6],
     "window_spec": [8, 4, 14, 7], "window_pos_embed_bkg_spatial_size": [7, 7], "image_size": 128, "d_model": 32,
-    "decoder_mlp_dim": 64,
+    "decoder_mlp_dim": 64, "mem_dim": 16, "memory_mlp_dim": 64,
 }
 
-# Sizes in millions of tensors' elements that the SAM 2.1 README publishes (38.9, 46,
-# 80.8, 224.4) include the video modules, which are the same for all four sizes: 7.52 M
-# (counted in the reference's state dict). A wrong stage or width shows up here.
+# Sizes in millions of tensors' elements that the SAM 2.1 README publishes: the image
+# model and the video modules (memory encoder and attention, object pointers) together.
 PUBLISHED_SIZE_M = {
     "sam2.1_hiera_tiny": 38.9, "sam2.1_hiera_small": 46.0, "sam2.1_hiera_base_plus": 80.8, "sam2.1_hiera_large": 224.4,
 }
-VIDEO_MODULES_M = 7.52
 
 
 def _synthetic_state(name: str) -> dict[str, torch.Tensor]:
-    """A state dict with the official shapes of `name`, plus video tensors, on the meta
-    device (no memory): what a checkpoint's ``model`` entry holds, minus the values."""
+    """A state dict with the official shapes of `name` (image and video tensors) on the
+    meta device (no memory): what a checkpoint's ``model`` entry holds, minus the values."""
     with torch.device("meta"):
-        model = build_sam2(name)
-        state = dict(model.state_dict())
-        state["memory_attention.layers.0.self_attn.q_proj.weight"] = torch.empty(256, 256)
-        state["maskmem_tpos_enc"] = torch.empty(7, 1, 1, 64)
-        state["obj_ptr_proj.layers.0.weight"] = torch.empty(256, 256)
-    return state
+        return dict(build_sam2(name).state_dict())
 
 
 @pytest.mark.parametrize("name", sorted(SAM2_CONFIGS))
@@ -53,6 +46,7 @@ def test_each_official_size_is_detected_from_its_tensor_shapes(name):
     assert config["name"] == name
     assert config["family"] == "sam2"
     assert config["image_size"] == 1024
+    assert config["video"]
     for key, value in SAM2_CONFIGS[name].items():
         assert config[key] == value
 
@@ -62,7 +56,7 @@ def test_official_sizes_have_the_published_parameter_counts(name):
     with torch.device("meta"):
         state = build_sam2(name).state_dict()
     count = sum(tensor.numel() for tensor in state.values()) / 1e6
-    assert abs(count + VIDEO_MODULES_M - PUBLISHED_SIZE_M[name]) < 0.1
+    assert abs(count - PUBLISHED_SIZE_M[name]) < 0.1
 
 
 def test_detection_rejects_other_state_dicts():
@@ -75,16 +69,17 @@ def test_detection_rejects_other_state_dicts():
         detect_sam2_config(state)
 
 
-def test_video_tensors_are_left_out_and_unknown_keys_refused():
+def test_video_tensors_load_or_are_left_out_and_unknown_keys_are_refused():
     model = build_sam2(SMALL)
     state = dict(model.state_dict())
-    state["memory_encoder.out_proj.weight"] = torch.zeros(64, 32, 1, 1)
-    state["no_obj_ptr"] = torch.zeros(1, 32)
-    assert set(image_state_dict(state)) == set(model.state_dict())
-    assert all(not key.startswith(VIDEO_PREFIXES) for key in image_state_dict(state))
+    assert any(key.startswith(VIDEO_PREFIXES) for key in state)
     loaded = load_sam2(state, SMALL)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key])
+    # An image-only model takes the image tensors of a full file.
+    image_only = load_sam2(state, {**SMALL, "video": False})
+    assert not image_only.supports_video
+    assert set(image_only.state_dict()) == set(image_state_dict(state))
     state["sam_mask_decoder.unknown"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="unknown"):
         load_sam2(state, SMALL)
@@ -154,7 +149,7 @@ def test_text_prompts_are_refused(small_model):
 
 
 def test_gradients_reach_every_image_model_parameter(small_model):
-    model = build_sam2(SMALL).train()
+    model = build_sam2({**SMALL, "video": False}).train()
     inputs, _ = model.prepare(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     features = model.encode(inputs)
     low, iou = model.decode(features, torch.tensor([[[30.0, 40.0]]]), torch.ones(1, 1, dtype=torch.int64),
@@ -169,15 +164,13 @@ def test_gradients_reach_every_image_model_parameter(small_model):
 
 
 def test_an_official_layout_file_loads_by_path_with_its_size_detected(tmp_path):
-    """A file as Meta ships it (``{"model": state}``, video tensors included) loads
+    """A file as Meta ships it (``{"model": state}``, the video tensors included) loads
     through ``napari_sam.load_model`` unchanged, as the detected size."""
     from napari_sam import load_model
 
     torch.manual_seed(0)
     source = build_sam2("sam2.1_hiera_tiny")
     state = dict(source.state_dict())
-    state["maskmem_tpos_enc"] = torch.zeros(7, 1, 1, 64)
-    state["memory_encoder.out_proj.weight"] = torch.zeros(64, 256, 1, 1)
     path = tmp_path / "sam2.1_hiera_tiny.pt"
     torch.save({"model": state}, path)
     model = load_model(path, device="cpu")

@@ -17,7 +17,7 @@ from napari_sam.model.sam2 import build_sam2
 SMALL = {
     "embed_dim": 8, "num_heads": 1, "stages": [1, 2, 4, 1], "global_att_blocks": [4, 6],
     "window_spec": [8, 4, 14, 7], "window_pos_embed_bkg_spatial_size": [7, 7], "image_size": 128, "d_model": 32,
-    "decoder_mlp_dim": 64, "name": "sam2-test-small",
+    "decoder_mlp_dim": 64, "mem_dim": 16, "memory_mlp_dim": 64, "name": "sam2-test-small",
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 from .decoder import Sam2MaskDecoder, Sam2PromptEncoder, two_way_transformer
 from .hiera import Hiera
+from .memory import MemoryAttention, MemoryEncoder
 from .model import Sam2
 from .neck import FpnNeck, ImageEncoder
 
@@ -30,7 +31,8 @@ SAM2_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # Shared by all four: input side, neck / decoder width, decoder MLP width.
-DEFAULTS: dict[str, Any] = {"image_size": 1024, "d_model": 256, "decoder_mlp_dim": 2048}
+DEFAULTS: dict[str, Any] = {"image_size": 1024, "d_model": 256, "decoder_mlp_dim": 2048, "mem_dim": 64,
+                            "memory_layers": 4, "memory_mlp_dim": 2048, "num_maskmem": 7, "video": True}
 TRUNK_KEYS = ("embed_dim", "num_heads", "stages", "global_att_blocks", "window_spec",
               "window_pos_embed_bkg_spatial_size")
 
@@ -75,11 +77,17 @@ def build_sam2(config: str | Mapping[str, Any]) -> Sam2:
     )
     neck = FpnNeck(dim, trunk.channel_list, fpn_top_down_levels=(2, 3))
     grid = image_size // 16
+    video = bool(config["video"])
+    mem_dim = int(config["mem_dim"])
     model = Sam2(
         image_encoder=ImageEncoder(trunk, neck, scalp=1),
         sam_prompt_encoder=Sam2PromptEncoder(dim, (grid, grid), (image_size, image_size), mask_in_chans=16),
         sam_mask_decoder=Sam2MaskDecoder(dim, two_way_transformer(dim, int(config["decoder_mlp_dim"]))),
         image_size=image_size,
+        memory_attention=MemoryAttention(dim, mem_dim, int(config["memory_layers"]), int(config["memory_mlp_dim"]))
+        if video else None,
+        memory_encoder=MemoryEncoder(dim, mem_dim) if video else None,
+        num_maskmem=int(config["num_maskmem"]),
     )
     model.config = config
     return model.eval()
@@ -114,7 +122,8 @@ def detect_sam2_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "d_model": DEFAULTS["d_model"],
         }
         if visible == expected:
-            return dict(config, name=name, **DEFAULTS, family=FAMILY)
+            video = any(key.startswith(VIDEO_PREFIXES) for key in state)
+            return dict(config, name=name, **{**DEFAULTS, "video": video}, family=FAMILY)
     raise ValueError(f"the SAM 2 tensors match none of {sorted(SAM2_CONFIGS)}: {visible}")
 
 
@@ -143,7 +152,9 @@ def image_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 def load_sam2(state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None) -> Sam2:
     """Build the model ``state`` describes (or ``config``) and load its image tensors strictly."""
     model = build_sam2(config if config is not None else detect_sam2_config(state))
-    model.load_state_dict(image_state_dict(state), strict=True)
+    if not model.supports_video:
+        state = image_state_dict(state)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

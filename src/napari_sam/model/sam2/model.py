@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..family import InputFrame
+from ..common import MLP
 from .decoder import Sam2MaskDecoder, Sam2PromptEncoder
+from .memory import MemoryAttention, MemoryEncoder
 from .neck import ImageEncoder, conv1x1
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -48,6 +50,9 @@ class Sam2(nn.Module):
         sam_prompt_encoder: Sam2PromptEncoder,
         sam_mask_decoder: Sam2MaskDecoder,
         image_size: int = 1024,
+        memory_attention: MemoryAttention | None = None,
+        memory_encoder: MemoryEncoder | None = None,
+        num_maskmem: int = 7,
     ) -> None:
         super().__init__()
         dim = sam_mask_decoder.transformer_dim
@@ -56,6 +61,19 @@ class Sam2(nn.Module):
         self.sam_mask_decoder = sam_mask_decoder
         # Added to the image embedding of a frame decoded without memory (every image).
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        if memory_attention is not None and memory_encoder is not None:
+            # Video propagation (napari_sam.model.sam2.video); names as in the official files.
+            mem_dim = memory_encoder.out_proj.out_channels
+            self.num_maskmem = num_maskmem
+            self.memory_attention = memory_attention
+            self.memory_encoder = memory_encoder
+            self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)  # mask prompts in video (unused here)
+            self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, mem_dim))
+            self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, dim))  # unused with no_mem_embed added directly
+            self.no_obj_ptr = nn.Parameter(torch.zeros(1, dim))
+            self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
+            self.obj_ptr_proj = MLP(dim, dim, dim, 3)
+            self.obj_ptr_tpos_proj = nn.Linear(dim, mem_dim)
         self._image_size = int(image_size)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
@@ -83,6 +101,18 @@ class Sam2(nn.Module):
     def supports_text(self) -> bool:
         return False
 
+    @property
+    def supports_video(self) -> bool:
+        """Whether the memory modules are built (:class:`~napari_sam.model.sam2.video.VideoTracker`)."""
+        return hasattr(self, "memory_attention")
+
+    def image_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, 3, S, S)`` -> ``high_res_s0``, ``high_res_s1`` (projected for the decoder's
+        skips) and the raw stride-16 features ``(B, C, h, w)`` (without ``no_mem_embed``)."""
+        s0, s1, s2 = self.image_encoder(x)
+        decoder = self.sam_mask_decoder
+        return conv1x1(decoder.conv_s0, s0).contiguous(), conv1x1(decoder.conv_s1, s1).contiguous(), s2.contiguous()
+
     def prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, InputFrame]:
         """``(H, W, 3)`` uint8 plane -> model input ``(1, 3, S, S)`` on :attr:`device` and its frame.
 
@@ -108,13 +138,8 @@ class Sam2(nn.Module):
             ``high_res_s0 (B, C/8, 4h, 4w)`` and ``high_res_s1 (B, C/4, 2h, 2w)`` (the
             stride-4 / stride-8 levels through ``conv_s0`` / ``conv_s1``).
         """
-        s0, s1, s2 = self.image_encoder(x)
-        decoder = self.sam_mask_decoder
-        return {
-            IMAGE_EMBED: (s2 + self.no_mem_embed.view(1, -1, 1, 1)).contiguous(),
-            HIGH_RES_S0: conv1x1(decoder.conv_s0, s0).contiguous(),
-            HIGH_RES_S1: conv1x1(decoder.conv_s1, s1).contiguous(),
-        }
+        s0, s1, s2 = self.image_levels(x)
+        return {IMAGE_EMBED: s2 + self.no_mem_embed.view(1, -1, 1, 1), HIGH_RES_S0: s0, HIGH_RES_S1: s1}
 
     def decode(
         self,
