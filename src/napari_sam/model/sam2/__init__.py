@@ -12,11 +12,13 @@ from .build import (
     load_sam2_checkpoint,
 )
 from .model import Sam2
+from .video import VideoTracker
 
 __all__ = [
     "SAM2_CONFIGS",
     "VIDEO_PREFIXES",
     "Sam2",
+    "VideoTracker",
     "build_sam2",
     "detect_sam2_config",
     "image_state_dict",
