@@ -6,13 +6,34 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from .console import set_summary
+from .files import TIFF_SUFFIXES, atomic_write_tiff, check_output
+
+
+TRACEBACK_ENV = "NAPARI_SAM_TRACEBACK"  # set to 1 to see the traceback of a failure
+# Errors that describe the user's input or environment: their message is the whole story.
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, LookupError)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for ``error``: its message for expected errors, its type and a hint otherwise."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if isinstance(error, MemoryError):
+        return "out of memory" + (f" ({message})" if message else "") + "; try a smaller plane or tile, or fewer planes"
+    if isinstance(error, ImportError):
+        name = getattr(error, "name", None) or message
+        return (f"a package this needs is not installed ({name}); for text prompts install the extra: "
+                "pip install 'napari-samscope[text]'")
+    if type(error).__name__ == "DecompressionBombError":
+        return f"image too large to decode safely ({message})"
+    if isinstance(error, EXPECTED_ERRORS) and message:
+        return message
+    return f"unexpected {type(error).__name__}: {message or 'no message'} (set {TRACEBACK_ENV}=1 for the traceback)"
 
 
 QUIET_HELP = "no progress and no output but the final one-line summary (errors still go to stderr)"
@@ -36,46 +57,26 @@ def _box(text: str) -> tuple[float, ...]:
     return _pair(text, 4, "a box (r0,c0,r1,c1)")
 
 
-def write_tiff_atomic(path: str | os.PathLike, data: np.ndarray) -> None:
-    """Write a TIFF through a temporary file in the same folder, then rename it in place."""
-    import tifffile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, compression="zlib")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_plane(args) -> np.ndarray:
     if args.sample:
+        if args.image:
+            raise ValueError(f"give an IMAGE file or --sample, not both ({args.image} and --sample {args.sample})")
+        if args.plane is not None:
+            raise ValueError("--plane needs an IMAGE file; the sample is one plane")
         from .synthetic import sample_nuclei
 
         return sample_nuclei().image
     if not args.image:
-        raise SystemExit("error: give an IMAGE file or --sample nuclei")
-    import tifffile
+        raise ValueError("give an IMAGE file or --sample nuclei")
+    from .io import read_plane
 
-    image = tifffile.imread(args.image) if str(args.image).lower().endswith((".tif", ".tiff")) else _read_other(args.image)
-    if args.plane is not None:
-        image = image[tuple(args.plane)]
-    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-    if image.ndim > (3 if rgb else 2):
-        raise SystemExit(
-            f"error: {args.image} has shape {image.shape}; choose a 2D plane with --plane, e.g. --plane 0 "
-            "for the first plane of a stack"
-        )
-    return image
-
-
-def _read_other(path: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path))
+    try:
+        plane = read_plane(args.image, args.plane)  # only that plane is read; sizes checked first
+    except IndexError as error:
+        raise ValueError(f"{error} (use --plane, e.g. --plane 0)") from None
+    if plane.ndim == 3 and plane.shape[-1] not in (3, 4):
+        raise ValueError(f"{args.image}: a plane of shape {plane.shape} is not 2D grey or RGB(A)")
+    return plane
 
 
 def _cmd_segment(args) -> int:
@@ -86,9 +87,12 @@ def _cmd_segment(args) -> int:
         raise SystemExit(
             "error: give at least one prompt: --point R,C, --negative R,C, --box R0,C0,R1,C1 or --text KIND"
         )
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    # Every output is checked before any work: never an input, never an existing file
+    # without --overwrite, never two outputs on one file, a TIFF name, a writable folder.
+    out = check_output(args.out, overwrite=args.overwrite, inputs=[args.image], suffixes=TIFF_SUFFIXES)
+    if args.save_image:
+        check_output(args.save_image, overwrite=args.overwrite, inputs=[args.image, out], suffixes=TIFF_SUFFIXES,
+                     what="--save-image")
 
     plane = _read_plane(args)
     model = load_model(args.model, device=args.device)
@@ -118,12 +122,12 @@ def _cmd_segment(args) -> int:
     if args.split and len(session.candidates) == 1:
         print(f"split into {len(plan.values)} objects")
     decode_s = time.perf_counter() - start
-    write_tiff_atomic(out, labels)
+    atomic_write_tiff(out, labels)
     count = int(labels.max())
     set_summary(f"wrote {out}: {count} object{'' if count == 1 else 's'} on a {labels.shape[0]}x{labels.shape[1]} plane")
     print(f"setup {embed_s:.2f} s, embedding + masks {decode_s * 1000:.0f} ms; wrote {out} ({labels.shape[0]}x{labels.shape[1]} uint16)")
     if args.save_image:
-        write_tiff_atomic(args.save_image, np.asarray(plane))
+        atomic_write_tiff(args.save_image, np.asarray(plane))
     return 0
 
 
@@ -218,9 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                 # The command's own lines go nowhere; the summary line below still prints.
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             status = int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one error boundary of the command line
         # A failure's last line is its error (here, or a command's SystemExit message).
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 1
     if status == 0:
         print(console.summary_line(parser.prog, args.command, time.perf_counter() - start), flush=True)

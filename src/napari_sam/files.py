@@ -97,3 +97,58 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as error:  # zlib.error, struct.error, tifffile errors ...
         raise ImageReadError(f"{path}: cannot read this image ({first_line(error)})") from None
+
+
+class OutputError(ValueError):
+    """An output path that must not be written: it exists, it is an input, or it cannot be created."""
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), suffixes=(), what: str = "--out") -> Path:
+    """Check, before any work, that ``path`` may be written; return it as a Path.
+
+    Refuses (:class:`OutputError`, one line): an existing file without ``overwrite``; any of
+    ``inputs`` (never overwritten, even with ``overwrite``); a folder; a missing or
+    read-only parent folder; a suffix not in ``suffixes`` (when given, lower case with dot).
+    """
+    path = Path(path).expanduser()
+    if suffixes and not path.name.lower().endswith(tuple(suffixes)):
+        raise OutputError(f"{what} {path}: the file name must end in {' or '.join(suffixes)}")
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise OutputError(f"{what} {path} is an input of this command; it is never overwritten")
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{what} {path} exists; pass --overwrite to replace it (nothing was written)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{what} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: the folder {folder} is not writable")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, *, older_than_s: float = 3600.0) -> int:
+    """Delete ``.<name>.<hex>.tmp`` files of killed writes in ``folder`` older than ``older_than_s``.
+
+    A younger one may belong to a write still running in another process. Returns the count.
+    """
+    import time
+
+    removed = 0
+    limit = time.time() - older_than_s
+    for entry in Path(folder).glob(".*.tmp"):
+        try:
+            if entry.is_file() and entry.stat().st_mtime < limit:
+                entry.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

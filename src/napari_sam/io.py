@@ -378,6 +378,8 @@ def read_plane(path: str | os.PathLike, index=None) -> np.ndarray:
                         "choose one, e.g. plane 0"
                     )
                 check_plane_size(stack.plane_shape, stack.dtype, path)
+                if not stack.stack_shape and index in (0, (0,)):  # "the first plane" of a single plane
+                    index = None
                 return stack.plane(() if index is None else index)
         return _read_pillow(path, index)
     except (ImageReadError, IndexError, FileNotFoundError, MemoryError):
