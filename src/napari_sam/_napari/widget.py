@@ -18,8 +18,8 @@ from napari.layers import Points, Shapes
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer, Signal
 
-from . import layers as L
-from . import outputs, workers
+from . import layers as L, outputs, workers
+from .automatic_section import AutomaticSection
 from .plane import PlaneTracker
 from .annotate_ui import KEYS, NO_TEXT_TOOLTIP, PREFETCH_RADIUS, PREVIEW_NAME, SELECTED_ID, AnnotateControls
 from .registry import finetuned_models
@@ -71,6 +71,7 @@ class AnnotateWidget(AnnotateControls):
         self._plane = PlaneTracker(self.viewer, self, changed=self._on_plane_changed,
                                    pixels_changed=self._on_pixels_changed, error=self.set_status)
         self._connect()
+        self.automatic_section = AutomaticSection(self)
         self._plane.image_changed()
         self._on_image_changed()
 
