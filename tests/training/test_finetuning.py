@@ -84,3 +84,42 @@ def test_cli_finetune_that_diverges_says_so_in_one_line_and_fails(tmp_path, caps
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("napari-sam finetune: error: training diverged at step ")
     assert not out.exists()
+
+
+def _finetune_cli(*argv):
+    from napari_sam.training.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="napari-sam")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "--synthetic", "--epochs", "1", "--device", "cpu", *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_finetune_never_replaces_a_model_or_a_run_unasked(tmp_path, capsys):
+    from napari_sam.checkpoints import metadata_path, save_model
+
+    base = save_model(tiny_sam(), tmp_path / "base.pt")
+    before = base.read_bytes()
+    # --out over the base model, even with --overwrite
+    assert _finetune_cli("--base", base, "--out", base, "--overwrite") == 2
+    assert "--base" in capsys.readouterr().err and base.read_bytes() == before
+    # an existing model
+    other = save_model(tiny_sam(), tmp_path / "other.pt")
+    kept = other.read_bytes(), metadata_path(other).read_text()
+    assert _finetune_cli("--base", base, "--out", other) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (other.read_bytes(), metadata_path(other).read_text()) == kept
+    # an interrupted run's state when --resume was forgotten
+    out = tmp_path / "new.pt"
+    state_path_for(out).write_bytes(b"state of an unfinished run")
+    assert _finetune_cli("--base", base, "--out", out) == 2
+    assert "--resume" in capsys.readouterr().err and state_path_for(out).read_bytes() == b"state of an unfinished run"
+
+
+def test_cli_finetune_fails_before_training_on_a_bad_out(tmp_path, capsys):
+    assert _finetune_cli("--out", tmp_path / "missing" / "m.pt") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _finetune_cli("--out", tmp_path / "m.json") == 2
+    assert "model file" in capsys.readouterr().err
+    assert _finetune_cli("--out", tmp_path) == 2
+    assert "folder" in capsys.readouterr().err

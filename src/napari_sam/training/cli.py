@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..console import set_summary
@@ -59,6 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="shrink planes larger than the model input to it instead of cutting them into "
                              "input-sized crops at native resolution (the default, as tiled inference)")
     parser.add_argument("--resume", action="store_true", help="continue from the training state beside --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out model (its .json and training state) with a new run")
     parser.set_defaults(func=run)
     return parser
 
@@ -98,10 +102,36 @@ class _Progress:
             self.bar.close()
 
 
+def _check_out(args: argparse.Namespace, state: Path) -> None:
+    """Before training: --out may be written, and no earlier model or run is replaced unasked."""
+    from ..checkpoints import metadata_path
+    from ..files import check_output
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() == ".json":
+        raise ValueError(f"--out {out}: give the model file (e.g. model.pt); its .json is written beside it")
+    base = Path(str(args.base)).expanduser()
+    if base.exists() and out.exists() and os.path.samefile(base, out):
+        raise ValueError(f"--out {out} is the --base model; write the fine-tuned model to a new file")
+    if args.resume:
+        check_output(out, overwrite=True)  # the folder exists and is writable
+        return
+    if state.exists() and not args.overwrite:
+        raise ValueError(f"an unfinished run's state {state} exists: continue it with --resume, "
+                         "or pass --overwrite to start over")
+    for path in (out, metadata_path(out)):
+        check_output(path, overwrite=args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``napari-sam finetune`` with parsed ``args``; returns the exit status."""
     from . import TrainConfig, TrainingDiverged, finetune, state_path_for
 
+    try:
+        _check_out(args, state_path_for(args.out))
+    except ValueError as err:
+        print(f"napari-sam finetune: error: {err}", file=sys.stderr)
+        return 2
     cancel = threading.Event()
 
     def interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
