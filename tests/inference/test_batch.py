@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import numpy as np
 import pytest
 import tifffile
@@ -133,3 +134,23 @@ def test_a_plane_no_larger_than_a_tile_is_cached_like_a_whole_plane(model_file, 
     predictor = Predictor(load_model(model_file, device="cpu"))
     store = EmbeddingStore(predictor.model, predictor.normalization, cache_dir=cache)
     assert store.lookup(data[1]) is not None  # what the widget's plain store.get(plane) reads
+
+
+def test_cli_embed_refuses_a_cache_it_cannot_write_and_planes_that_do_not_exist(stack_file, model_file, tmp_path):
+    from napari_sam.cli import main
+
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_bytes(b"x")
+    base = ["embed", stack_file, "--model", model_file, "--device", "cpu"]
+    assert main(base + ["--cache", str(a_file)]) == 1
+    assert a_file.read_bytes() == b"x"
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        if not os.access(read_only, os.W_OK):  # root ignores permission bits
+            assert main(base + ["--cache", str(read_only)]) == 1
+    finally:
+        read_only.chmod(0o700)
+    assert main(base + ["--cache", str(tmp_path / "cache"), "--planes", "50:60"]) == 1
+    assert not list((tmp_path / "cache").rglob("*.pt"))

@@ -19,6 +19,7 @@ use the same model, normalisation, tile size and halo (``TiledPredictor`` with a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -228,12 +229,22 @@ def add_embed_parser(subparsers) -> None:
 def _cmd_embed(args) -> int:
     from ..console import set_summary
 
-    job = EmbedJob(path=str(args.stack), model=args.model, cache_dir=str(args.cache), tile_size=args.tile,
+    cache = Path(args.cache).expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise ValueError(f"--cache {cache} is a file; give a folder (created if missing)")
+    cache.mkdir(parents=True, exist_ok=True)
+    if not os.access(cache, os.W_OK | os.X_OK):
+        raise ValueError(f"--cache {cache} is not writable: nothing could be stored")
+    job = EmbedJob(path=str(args.stack), model=args.model, cache_dir=str(cache), tile_size=args.tile,
                    halo=args.halo, device=args.device, series=args.series)
     stack = _stack(job)
     indices = list(stack.plane_indices())
     if args.planes is not None:
-        indices = indices[args.planes]
+        selected = indices[args.planes]
+        if not selected:
+            span = f"{args.planes.start or 0}:{'' if args.planes.stop is None else args.planes.stop}"
+            raise ValueError(f"--planes {span} selects no plane of {args.stack}, which has {len(indices)}")
+        indices = selected
     print(f"{args.stack}: {stack.axes} {stack.shape} {stack.dtype}, {len(indices)} planes -> {args.cache}")
     start = time.perf_counter()
     if args.workers > 0:
