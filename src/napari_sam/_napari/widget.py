@@ -20,6 +20,7 @@ from qtpy.QtCore import QTimer, Signal
 
 from . import layers as L, outputs, workers
 from .automatic_section import AutomaticSection
+from .propagate_section import PropagateSection
 from .plane import PlaneTracker
 from .annotate_ui import KEYS, NO_TEXT_TOOLTIP, PREFETCH_RADIUS, PREVIEW_NAME, SELECTED_ID, AnnotateControls
 from .registry import finetuned_models
@@ -71,7 +72,7 @@ class AnnotateWidget(AnnotateControls):
         self._plane = PlaneTracker(self.viewer, self, changed=self._on_plane_changed,
                                    pixels_changed=self._on_pixels_changed, error=self.set_status)
         self._connect()
-        self.automatic_section = AutomaticSection(self)
+        self.automatic_section, self.propagate_section = AutomaticSection(self), PropagateSection(self)
         self._plane.image_changed()
         self._on_image_changed()
 
