@@ -14,7 +14,6 @@ The stack is read one plane at a time; the output is a label stack of the input'
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -75,9 +74,12 @@ def run(args) -> int:
 
     if not args.objects:
         raise SystemExit("error: give at least one object: --point I,ROW,COL or --box I,R0,C0,R1,C1")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    from ..files import OutputError, check_output
+
+    try:  # before any work: never an input, never an existing file without --overwrite
+        out = check_output(args.out, overwrite=args.overwrite, inputs=[args.stack], suffixes=(".tif", ".tiff"))
+    except OutputError as error:
+        raise SystemExit(f"error: {error}") from None
     if not str(args.stack).lower().endswith(TIFF_SUFFIXES):
         raise SystemExit(f"error: {args.stack}: propagate reads TIFF stacks (.tif, .tiff, OME-TIFF)")
     with open_stack(args.stack) as stack:

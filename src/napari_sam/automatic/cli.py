@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -44,9 +43,12 @@ def _cmd_segment_all(args) -> int:
     from .segment import SegmentAllJob, job_stack, segment_plane, segment_stack
     from .watershed import WatershedOptions
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    from ..files import OutputError, check_output
+
+    try:  # before any work: never an input, never an existing file without --overwrite
+        out = check_output(args.out, overwrite=args.overwrite, inputs=[args.image], suffixes=(".tif", ".tiff"))
+    except OutputError as error:
+        raise SystemExit(f"error: {error}") from None
     job = SegmentAllJob(path=str(args.image), model=args.model, decoder=args.decoder, mode=args.mode,
                         device=args.device, cache_dir=args.cache,
                         watershed=WatershedOptions(min_size=args.min_size), amg=AmgOptions(min_area=args.min_size))
