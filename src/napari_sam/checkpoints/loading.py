@@ -78,12 +78,14 @@ def load_model(
     target_device = select_device(device)  # fail on a bad device before reading gigabytes
     spec, path = _resolve(name_or_path)
     state = read_state_dict(path)
+    _refuse_non_finite(state, path)
     from ..model.sam2 import is_sam2_state_dict, load_sam2_checkpoint
 
     if is_sam2_state_dict(state):  # SAM 2.1 files: their own family and detection
         return load_sam2_checkpoint(state, path, target_device, spec.name if spec is not None else None)
     metadata, metadata_file = read_metadata(path)
     architecture, origin = _choose_architecture(state, path, model_type, metadata, metadata_file, spec)
+    _check_before_building(state, architecture, origin, path)
 
     try:
         model = build_sam(architecture.build_argument())
@@ -161,24 +163,65 @@ def _choose_architecture(
         ) from None
 
 
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training): the model would only predict nothing."""
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+            "the model is unusable (a training that diverged?)"
+        )
+
+
+def _check_before_building(
+    state: Mapping[str, torch.Tensor], architecture: Architecture, origin: str, path: Path
+) -> None:
+    """Check the file's keys and shapes against ``architecture`` without allocating it.
+
+    The architecture is built on the ``meta`` device (shapes only, no memory), so a sidecar
+    naming another or an absurd architecture (``img_size: 320000``) fails here, not after
+    allocating gigabytes. A config ``build_sam`` rejects is reported by the real build.
+    """
+    from ..model import build_sam
+
+    try:
+        with torch.device("meta"):
+            skeleton = build_sam(architecture.build_argument())
+    except (ValueError, TypeError, KeyError):
+        return
+    _check_state_dict(skeleton, state, architecture, origin, path, values=False)
+
+
 def _check_state_dict(
     model: torch.nn.Module,
     state: Mapping[str, torch.Tensor],
     architecture: Architecture,
     origin: str,
     path: Path,
+    *,
+    values: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Compare keys and shapes before loading, to say exactly what does not fit.
 
     Returns the state dict without entries for the model's non-persistent buffers (e.g.
-    the pixel statistics, which some exports include), once checked to equal the model's.
+    the pixel statistics, which some exports include), once checked to equal the model's
+    (``values=False``: shapes only, for a model on the ``meta`` device).
     """
     expected = model.state_dict()
     derived = {name: buf for name, buf in model.named_buffers() if name not in expected}
     state = dict(state)
     mismatched = []
     for name in [n for n in state if n in derived]:
-        value, fixed = state.pop(name), derived[name].cpu()
+        value, fixed = state.pop(name), derived[name]
+        if not values:
+            if value.shape != fixed.shape:
+                mismatched.append(f"{name}: file {tuple(value.shape)} vs model {tuple(fixed.shape)}")
+            continue
+        fixed = fixed.cpu()
         same = value.shape == fixed.shape and (
             torch.allclose(value.to(fixed.dtype), fixed)
             if fixed.is_floating_point()
