@@ -33,3 +33,15 @@ def model_file(tmp_path_factory) -> str:
     from napari_sam import save_model
 
     return str(save_model(tiny.build_tiny(), tmp_path_factory.mktemp("model") / "tiny.pt"))
+
+
+@pytest.fixture()
+def grey_stack(tmp_path):
+    """A TIFF of three grey 60 x 80 uint16 planes (stored as a stack, not as RGB)."""
+    import numpy as np
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 3000, (3, 60, 80)).astype(np.uint16),
+                     photometric="minisblack")
+    return path

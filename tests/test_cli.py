@@ -23,11 +23,8 @@ def model_file(tmp_path_factory):
 
 
 @pytest.fixture()
-def stack(tmp_path):
-    path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 3000, (3, 60, 80)).astype(np.uint16),
-                     photometric="minisblack")
-    return path
+def stack(grey_stack):
+    return grey_stack
 
 
 def test_segment_writes_a_labels_tiff(model_file, stack, tmp_path, capsys):

@@ -39,7 +39,8 @@ def error_line(error: BaseException) -> str:
 QUIET_HELP = "no progress and no output but the final one-line summary (errors still go to stderr)"
 
 
-def _pair(text: str, count: int, what: str) -> tuple[float, ...]:
+def parse_numbers(text: str, count: int, what: str) -> tuple[float, ...]:
+    """``count`` comma-separated numbers from ``text`` (an argparse type; ``what`` names them in the error)."""
     try:
         values = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
@@ -50,11 +51,11 @@ def _pair(text: str, count: int, what: str) -> tuple[float, ...]:
 
 
 def _point(text: str) -> tuple[float, ...]:
-    return _pair(text, 2, "a point (row,col)")
+    return parse_numbers(text, 2, "a point (row,col)")
 
 
 def _box(text: str) -> tuple[float, ...]:
-    return _pair(text, 4, "a box (r0,c0,r1,c1)")
+    return parse_numbers(text, 4, "a box (r0,c0,r1,c1)")
 
 
 def _read_plane(args) -> np.ndarray:

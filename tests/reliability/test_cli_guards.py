@@ -14,11 +14,8 @@ from napari_sam.files import OutputError, atomic_write_bytes, check_output, clea
 
 
 @pytest.fixture()
-def stack(tmp_path):
-    path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 3000, (3, 60, 80)).astype(np.uint16),
-                     photometric="minisblack")
-    return path
+def stack(grey_stack):
+    return grey_stack
 
 
 def segment(model_file, *args):

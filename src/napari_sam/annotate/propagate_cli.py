@@ -17,15 +17,7 @@ import argparse
 
 import numpy as np
 
-
-def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"{what} must be {count} comma-separated numbers, got {text!r}")
-    return values
+from ..cli import parse_numbers as _numbers
 
 
 def _point(text: str) -> tuple[str, int, tuple[float, ...]]:
