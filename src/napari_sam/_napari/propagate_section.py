@@ -75,6 +75,18 @@ class PropagateSection(JobSection):
             ("min score", self.min_score_spin)])
         self.run_button.setToolTip("Segment the object(s) on the neighbouring planes (Ctrl+Z undoes it)")
         self.predictor = None
+        widget.image_combo.layer_changed.connect(self._update_axes)
+        widget.channel_axis_combo.currentIndexChanged.connect(self._update_axes)
+        self._update_axes()
+
+    def _update_axes(self, *_) -> None:
+        """Offer the image's stack axes; keep the chosen one while it is still one."""
+        image = self.widget.image_layer
+        axes = [] if image is None else propagation_axes(image, self.widget.channel_axis)
+        self.axis_spin.setRange(0, max(axes, default=0))
+        if axes and self.axis_spin.value() not in axes:
+            self.axis_spin.setValue(axes[0])
+        self.run_button.setEnabled(bool(axes) and self.worker is None)
 
     def prepare(self):
         widget = self.widget
