@@ -135,16 +135,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def clean_stale_temporaries(folder: str | os.PathLike, *, older_than_s: float = 3600.0) -> int:
+def clean_stale_temporaries(folder: str | os.PathLike, *, older_than_s: float = 3600.0, recursive: bool = False) -> int:
     """Delete ``.<name>.<hex>.tmp`` files of killed writes in ``folder`` older than ``older_than_s``.
 
-    A younger one may belong to a write still running in another process. Returns the count.
+    A younger one may belong to a write still running in another process. ``recursive``:
+    also in sub-folders (the embedding cache keeps entries in one folder per model).
+    Returns the count.
     """
     import time
 
     removed = 0
     limit = time.time() - older_than_s
-    for entry in Path(folder).glob(".*.tmp"):
+    folder = Path(folder)
+    for entry in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
         try:
             if entry.is_file() and entry.stat().st_mtime < limit:
                 entry.unlink()

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import clean_stale_temporaries
 from ..imaging import DEFAULT_NORMALIZATION, Normalization
 from ..lru import ByteLRU
 from ..model.family import ModelFamily, model_id
@@ -226,6 +227,8 @@ class EmbeddingStore:
         self.model = model
         self.normalization = normalization
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        if self.cache_dir is not None and self.cache_dir.is_dir():
+            clean_stale_temporaries(self.cache_dir, recursive=True)  # leftovers of killed writes, older than an hour
         self._encode = encode or (lambda plane: encode_plane(model, plane, normalization))
         self.encoder_calls = 0
         self.memory_hits = 0
