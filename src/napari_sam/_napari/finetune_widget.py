@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from ..training.recipes import RECIPES
 from ..training.config import TrainConfig
 from .annotate_ui import CUSTOM_MODEL, LayerCombo as _LayerCombo, add_named_models, device_choices, form_group
+from .export_button import ExportButton
 
 LAYERS, FOLDERS = "napari layers", "folders"
 TRAIN_CHOICES = {
@@ -234,8 +235,9 @@ class FinetuneWidget(QWidget):
         self.use_button.setToolTip("Switch the Annotate widget to the fine-tuned model")
         self.use_button.setEnabled(False)
         self.use_button.clicked.connect(self.use_in_annotate)
+        self.export_button = ExportButton(lambda: self.model_path, self._set_status)
         buttons = QHBoxLayout()
-        for button in (self.train_button, self.cancel_button, self.use_button):
+        for button in (self.train_button, self.cancel_button, self.use_button, self.export_button):
             buttons.addWidget(button)
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
@@ -428,6 +430,7 @@ class FinetuneWidget(QWidget):
             f"{best['box_miou']:.3f}). It is listed as {label!r} in the Annotate widget."
         )
         self.use_button.setEnabled(True)
+        self.export_button.setEnabled(True)
         show_info(f"napari-sam: fine-tuned model saved to {self.model_path}")
         self.trained.emit(str(self.model_path))
 
