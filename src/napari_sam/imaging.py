@@ -91,6 +91,6 @@ def _window(values: np.ndarray, normalization: Normalization) -> tuple[float, fl
     if sample.size == 0:
         return 0.0, 1.0
     low, high = (float(v) for v in np.percentile(sample, [normalization.low, normalization.high]))
-    if high <= low:
-        high = low + 1.0
+    if not high - low > 0:  # constant, or so large that low + 1.0 == low (float32 near 3e38)
+        high = low + max(1.0, abs(low) * 1e-6)
     return low, high

@@ -44,7 +44,14 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     ValueError
         The file is not a napari-sam training state.
     """
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    from ..checkpoints import CheckpointError
+    from ..checkpoints.reading import torch_load_data
+
+    try:  # weights_only, and one line for an empty, truncated or malicious file
+        state = torch_load_data(Path(path))
+    except CheckpointError as err:
+        reason = "it holds Python objects, refused" if str(err).startswith("Refused") else "damaged or not a state"
+        raise ValueError(f"cannot resume from {path}: {reason}; delete it or run without --resume") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a napari-sam training state")
     return state
