@@ -232,3 +232,18 @@ def test_a_plane_of_huge_equal_floats_normalises_without_dividing_by_zero():
     plane[0, 1] = np.frombuffer(b"\x00\x00?\x7f", "<f4")[0]
     rgb = to_rgb_uint8(plane, DEFAULT_NORMALIZATION)
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+
+
+def test_a_bool_mask_input_and_a_string_multimask_are_refused():
+    """Issue 21, item 8: a bool mask was read as logits and ``multimask="no"`` as True."""
+    from napari_sam.inference.predictor import Predictor
+    from tiny import build_tiny
+
+    predictor = Predictor(build_tiny())
+    predictor.set_image(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    point = dict(points=np.array([[10.0, 10.0]]), point_labels=np.array([1]))
+    with pytest.raises(TypeError, match="multimask"):
+        predictor.predict(**point, multimask="no")
+    with pytest.raises(TypeError, match="bool mask"):
+        predictor.predict(**point, mask_input=np.ones((64, 64), bool))
+    assert predictor.predict(**point, multimask=False).masks.shape[0] == 1

@@ -137,6 +137,8 @@ class Predictor:
         prompts = self._prompts(embedding, prompts, points, point_labels, box, mask_input, text)
         if multimask is None:
             multimask = prompts.default_multimask()
+        elif not isinstance(multimask, (bool, np.bool_)):  # "no" would be truthy
+            raise TypeError(f"multimask must be True, False or None, got {multimask!r}")
         low_res, scores = self._decode(embedding, prompts, multimask)
         return self._rank(embedding, low_res[0], scores[0])
 

@@ -146,6 +146,9 @@ class Prompts:
             frame = None
             if isinstance(mask_input, MaskPrompt):
                 mask_input, frame = mask_input.logits, mask_input.frame
+            if np.asarray(mask_input).dtype == bool:  # a mask is not logits: True would read as 1.0
+                raise TypeError("mask_input must be low-res float logits, not a bool mask; for a mask "
+                                "use TiledPredictor.mask_prompt(mask, prompts) or mask_to_low_res_logits")
             logits = np.asarray(mask_input, dtype=np.float32)
             logits = logits.reshape(logits.shape[-2:]) if logits.ndim > 2 else logits
             if logits.shape != tuple(low_res_size):
