@@ -96,6 +96,9 @@ def _cmd_segment(args) -> int:
                      what="--save-image")
 
     plane = _read_plane(args)
+    blank = _no_contrast(plane)
+    if blank:
+        print(f"warning: {blank}; the masks will not mean anything", file=sys.stderr)
     model = load_model(args.model, device=args.device)
     # Native-resolution tiles: a plane larger than the model input is not shrunk to it
     # (small nuclei would vanish); no larger, it is exactly Predictor on the whole plane.
@@ -130,6 +133,18 @@ def _cmd_segment(args) -> int:
     if args.save_image:
         atomic_write_tiff(args.save_image, np.asarray(plane))
     return 0
+
+
+def _no_contrast(plane: np.ndarray) -> str | None:
+    """Why ``plane`` shows nothing to segment (all NaN / inf, or one value), or None."""
+    values = np.asarray(plane)
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return "the image holds no finite value (all NaN or infinite)"
+    if values.size and values.min() == values.max():
+        return f"the image is constant ({values.flat[0]})"
+    return None
 
 
 def _cmd_models(args) -> int:

@@ -247,3 +247,12 @@ def test_a_bool_mask_input_and_a_string_multimask_are_refused():
     with pytest.raises(TypeError, match="bool mask"):
         predictor.predict(**point, mask_input=np.ones((64, 64), bool))
     assert predictor.predict(**point, multimask=False).masks.shape[0] == 1
+
+
+@pytest.mark.parametrize("value", [7.0, float("nan")])
+def test_a_constant_or_all_nan_image_is_warned_about(model_file, tmp_path, value):
+    """Issue 21, item 8: an all-NaN or constant image gave an empty mask with no warning."""
+    source = tmp_path / "blank.tif"
+    tifffile.imwrite(source, np.full((32, 32), value, np.float32))
+    code, _, err = _run(["segment", str(source), "--point=5,5", "--model", model_file, "--out", str(tmp_path / "o.tif")])
+    assert code == 0 and "warning: the image" in err
