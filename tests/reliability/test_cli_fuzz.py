@@ -188,7 +188,12 @@ def test_embed_on_odd_options_fails_in_one_line(model_file, tmp_path_factory, bo
     argv = ["embed", str(stack), "--model", model_file, *args]
     if "--cache" not in args:
         argv += ["--cache", str(folder / "cache")]
-    code, _, err = _run(argv)
+    previous = os.getcwd()
+    os.chdir(folder)  # an option value taken as the cache folder is created here, not in the checkout
+    try:
+        code, _, err = _run(argv)
+    finally:
+        os.chdir(previous)
     assert stack.read_bytes() == before
     if code != 0:
         _assert_clean_failure(code, err)
