@@ -122,8 +122,9 @@ class PromptEncoder(nn.Module):
         embedding = self.pe_layer.forward_with_coords(coords_xy, self.input_image_size)
         labels = labels[..., None]
         embedding = torch.where(labels == PADDING_LABEL, self.not_a_point_embed.weight, embedding)
-        embedding = embedding + torch.where(labels == NEGATIVE, self.point_embeddings[NEGATIVE].weight, 0.0)
-        embedding = embedding + torch.where(labels == POSITIVE, self.point_embeddings[POSITIVE].weight, 0.0)
+        # Labels 0 / 1 (negative / positive); SAM 2 also gives box corners as points labelled 2 / 3.
+        for label, offset in enumerate(self.point_embeddings):
+            embedding = embedding + torch.where(labels == label, offset.weight, 0.0)
         return embedding
 
     def _embed_boxes(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:

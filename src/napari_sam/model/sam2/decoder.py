@@ -23,24 +23,15 @@ import torch
 from torch import nn
 
 from ..common import MLP, LayerNorm2d
-from ..prompt_encoder import PADDING_LABEL, PromptEncoder
+from ..prompt_encoder import PromptEncoder
 from ..transformer import TwoWayTransformer
 
 
 class Sam2PromptEncoder(PromptEncoder):
     """SAM's prompt encoder with box corners as labelled points (labels 2 and 3)."""
 
-    def _embed_points(self, coords_xy: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        coords_xy = coords_xy + 0.5  # pixel centres
-        if pad:
-            coords_xy = torch.cat([coords_xy, coords_xy.new_zeros(coords_xy.shape[0], 1, 2)], dim=1)
-            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), PADDING_LABEL)], dim=1)
-        embedding = self.pe_layer.forward_with_coords(coords_xy, self.input_image_size)
-        labels = labels[..., None]
-        embedding = torch.where(labels == PADDING_LABEL, self.not_a_point_embed.weight, embedding)
-        for label, offset in enumerate(self.point_embeddings):
-            embedding = embedding + torch.where(labels == label, offset.weight, 0.0)
-        return embedding
+    # The base class embeds labels 2 / 3 (box corners) with point_embeddings[2] / [3] too;
+    # SAM 2 passes a box as those two labelled points (model.py, before the clicks).
 
 
 def two_way_transformer(dim: int, mlp_dim: int = 2048, depth: int = 2, num_heads: int = 8) -> TwoWayTransformer:
