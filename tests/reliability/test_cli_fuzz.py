@@ -163,6 +163,9 @@ def test_segment_on_hostile_images_and_options(model_file, tmp_path_factory, bou
     source = folder / f"image{suffix}"
     source.write_bytes(raw)
     out = folder / "labels.tif"
+    # The peak RSS of this process only grows: compare with the peak before this example
+    # (earlier tests of the suite may have set it high), not with an absolute figure.
+    peak_before = _peak_mib()
     code, _, err = _run(["segment", str(source), *args, "--model", model_file, "--out", str(out)])
     event(f"exit {code}")
     assert source.read_bytes() == raw, "the input file changed"
@@ -173,7 +176,7 @@ def test_segment_on_hostile_images_and_options(model_file, tmp_path_factory, bou
     else:
         _assert_clean_failure(code, err)
         assert not out.exists()
-    assert _peak_mib() < 4096, "a header was trusted: memory grew past 4 GiB"
+    assert _peak_mib() < peak_before + 2048, "a header was trusted: memory grew by more than 2 GiB"
     assert not list(folder.glob(".*.tmp"))
 
 
