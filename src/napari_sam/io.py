@@ -375,7 +375,7 @@ def read_plane(path: str | os.PathLike, index=None) -> np.ndarray:
                 if index is None and stack.n_planes != 1:
                     raise IndexError(
                         f"{path} holds {stack.n_planes} planes (axes {stack.axes!r}, shape {stack.shape}); "
-                        "choose one, e.g. plane 0"
+                        "give the index of one plane"
                     )
                 check_plane_size(stack.plane_shape, stack.dtype, path)
                 if not stack.stack_shape and index in (0, (0,)):  # "the first plane" of a single plane
