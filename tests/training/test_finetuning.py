@@ -38,9 +38,10 @@ def test_unknown_options_are_refused_before_any_work():
         finetune("synthetic", base=tiny_sam(), learning_rate=1e-3)
 
 
-def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
+@pytest.fixture()
+def disc_folder(tmp_path):
+    """``(base model file, folder of two disc images with labels)``."""
     from napari_sam.checkpoints import save_model
-    from napari_sam.training.cli import add_parser
 
     base = save_model(tiny_sam(), tmp_path / "base.pt")
     folder = tmp_path / "data"
@@ -49,13 +50,23 @@ def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
         image, labels = disc_image(s)
         _write_tif(folder / f"img{s}_image.tif", image)
         _write_tif(folder / f"img{s}_labels.tif", labels)
+    return base, folder
+
+
+def _run_finetune(*argv):
+    from napari_sam.training.cli import add_parser
+
     parser = argparse.ArgumentParser(prog="napari-sam")
     add_parser(parser.add_subparsers())
+    args = parser.parse_args(["finetune", *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_finetune_runs_and_writes_a_model(tmp_path, disc_folder, capsys):
+    base, folder = disc_folder
     out = tmp_path / "tuned.pt"
-    args = parser.parse_args(["finetune", "--images", str(folder), "--base", str(base), "--epochs", "1",
-                              "--out", str(out), "--device", "cpu", "--seed", "1", "--recipe", "fast",
-                              "--focal-weight", "0.5", "--rounds", "2"])
-    assert args.func(args) == 0
+    assert _run_finetune("--images", folder, "--base", base, "--epochs", "1", "--out", out, "--device", "cpu",
+                         "--seed", "1", "--recipe", "fast", "--focal-weight", "0.5", "--rounds", "2") == 0
     assert out.exists() and state_path_for(out).exists()
     assert "saved" in capsys.readouterr().out
     config = load_train_state(state_path_for(out))["config"]
@@ -64,35 +75,18 @@ def test_cli_finetune_runs_and_writes_a_model(tmp_path, capsys):
     assert (config["focal_weight"], config["rounds"]) == (0.5, 2)
 
 
-def test_cli_finetune_that_diverges_says_so_in_one_line_and_fails(tmp_path, capsys):
-    from napari_sam.checkpoints import save_model
-    from napari_sam.training.cli import add_parser
-
-    base = save_model(tiny_sam(), tmp_path / "base.pt")
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for s in range(2):
-        image, labels = disc_image(s)
-        _write_tif(folder / f"img{s}_image.tif", image)
-        _write_tif(folder / f"img{s}_labels.tif", labels)
-    parser = argparse.ArgumentParser(prog="napari-sam")
-    add_parser(parser.add_subparsers())
+def test_cli_finetune_that_diverges_says_so_in_one_line_and_fails(tmp_path, disc_folder, capsys):
+    base, folder = disc_folder
     out = tmp_path / "tuned.pt"
-    args = parser.parse_args(["finetune", "--images", str(folder), "--base", str(base), "--epochs", "3",
-                              "--out", str(out), "--device", "cpu", "--lr", "1e8", "--rounds", "2"])
-    assert args.func(args) == 2
+    assert _run_finetune("--images", folder, "--base", base, "--epochs", "3", "--out", out, "--device", "cpu",
+                         "--lr", "1e8", "--rounds", "2") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("napari-sam finetune: error: training diverged at step ")
     assert not out.exists()
 
 
 def _finetune_cli(*argv):
-    from napari_sam.training.cli import add_parser
-
-    parser = argparse.ArgumentParser(prog="napari-sam")
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["finetune", "--synthetic", "--epochs", "1", "--device", "cpu", *map(str, argv)])
-    return args.func(args)
+    return _run_finetune("--synthetic", "--epochs", "1", "--device", "cpu", *argv)
 
 
 def test_cli_finetune_never_replaces_a_model_or_a_run_unasked(tmp_path, capsys):
