@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from training_samples import disc_image, disc_images, tiny_sam
+from training_samples import disc_image, tiny_sam
 
 from napari_sam.training import TrainConfig, finetune, load_train_state, state_path_for
 
