@@ -159,11 +159,15 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from .checkpoints import fetch_weights
+    from .checkpoints import fetch_decoder, fetch_weights
+    from .checkpoints.registry import MODELS
 
     path = fetch_weights(args.name)
     print(path)
-    set_summary(f"{args.name} weights at {path}")
+    decoder = fetch_decoder(args.name) if args.name in MODELS else None  # e.g. vit_b_lm's vit_b_lm_decoder
+    if decoder is not None:
+        print(decoder)
+    set_summary(f"{args.name} weights at {path}" + (f", its instance decoder at {decoder}" if decoder else ""))
     return 0
 
 
@@ -199,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("models", help="list named models and where their weights are")
     lst.set_defaults(func=_cmd_models)
 
-    fetch = sub.add_parser("fetch", help="download a named model's weights into the cache (sha256-checked)")
+    fetch = sub.add_parser("fetch", help="download a named model's weights (and its instance decoder) into the cache, hash-checked")
     fetch.add_argument("name")
     fetch.set_defaults(func=_cmd_fetch)
 

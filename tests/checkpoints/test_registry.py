@@ -7,7 +7,7 @@ from pathlib import Path
 import pooch
 import pytest
 
-from napari_sam.checkpoints import CACHE_ENV_VAR, MODELS, cache_dir, load_model, registry, save_model
+from napari_sam.checkpoints import CACHE_ENV_VAR, DECODERS, MODELS, cache_dir, load_model, registry, save_model
 from napari_sam.model import build_sam
 from tiny import TINY, TINY_SAVED, assert_same_state, randomized
 
@@ -18,9 +18,13 @@ def test_registry_entries_are_complete():
         if spec.bundled:
             continue
         assert spec.url.startswith("https://")
-        assert spec.url.rsplit("/", 1)[-1] == spec.filename
-        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
-    assert {"default", "vit_b", "vit_l", "vit_h", "vit_t"} <= set(MODELS)
+        if spec.hash_algorithm == "sha256":  # SAM's files keep their published names
+            assert spec.url.rsplit("/", 1)[-1] == spec.filename
+            assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+        else:  # micro-sam's are all called vit_b.pt and the like: the cache names them by model
+            assert spec.filename == f"{name}.pt" and len(spec.xxh128) == 32 and int(spec.xxh128, 16) >= 0
+        assert spec.decoder is None or spec.decoder in DECODERS
+    assert {"default", "vit_b", "vit_l", "vit_h", "vit_t", "vit_b_lm"} <= set(MODELS)
 
 
 def test_cache_dir_follows_environment_variable(tmp_path, monkeypatch):

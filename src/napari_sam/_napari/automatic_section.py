@@ -8,7 +8,6 @@ shared with the "Propagate" section.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -135,14 +134,13 @@ class JobSection(QGroupBox):
 
 
 def model_decoder(model, mode: str | None):
-    """The instance decoder stored in ``model``'s checkpoint file, or None (no file, none
-    in it, or ``mode == "amg"``)."""
-    from ..automatic.loading import has_decoder, load_decoder
+    """``model``'s own instance decoder (:func:`~napari_sam.automatic.loading.decoder_source`:
+    a named model's paired decoder, else its checkpoint's), or None (none, or ``mode == "amg"``).
+    May download a named model's decoder: call it in the worker."""
+    from ..automatic.loading import decoder_source, load_decoder
 
-    checkpoint = getattr(model, "metadata", {}).get("checkpoint")
-    if mode == "amg" or not checkpoint or not os.path.isfile(checkpoint) or not has_decoder(checkpoint):
-        return None
-    return load_decoder(checkpoint, device=model.device)
+    source = decoder_source(model, mode)
+    return None if source is None else load_decoder(source, device=model.device)
 
 
 def instances_edit(current: np.ndarray, instances: np.ndarray, first_id: int, preserve: bool) -> PlaneEdit:

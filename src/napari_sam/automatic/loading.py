@@ -29,7 +29,7 @@ from ..checkpoints.reading import torch_load_data
 from ..files import atomic_torch_save
 from .decoder import CONVENTIONS, InstanceDecoder, decoder_from_state
 
-__all__ = ["has_decoder", "load_decoder", "read_decoder_state", "save_decoder"]
+__all__ = ["decoder_source", "has_decoder", "load_decoder", "read_decoder_state", "save_decoder"]
 
 _DECODER_KEY = "base.block.1.weight"  # present in every instance-decoder state
 
@@ -103,6 +103,37 @@ def load_decoder(path: str | os.PathLike, device: str | torch.device | None = No
     if device is not None:
         decoder.to(device)
     return decoder
+
+
+def decoder_source(model, mode: str | None = None) -> Path | None:
+    """The file of ``model``'s own instance decoder, or None (then AMG is the only mode).
+
+    In order: the decoder paired with a named model in the registry (micro-sam's
+    ``vit_b_lm`` -> ``vit_b_lm_decoder``, downloaded and hash-checked on first use; the
+    default model's bundled ``default_decoder.pt`` when this installation has it), then
+    the ``decoder_state`` of the model's own checkpoint file. None when ``mode == "amg"``.
+
+    Parameters
+    ----------
+    model : ModelFamily
+        A model from :func:`napari_sam.checkpoints.load_model` (reads ``model.metadata``).
+    mode : {"ais", "amg"}, optional
+    """
+    from ..checkpoints.download import fetch_decoder
+    from ..checkpoints.registry import MODELS
+
+    if mode == "amg":
+        return None
+    metadata = getattr(model, "metadata", None) or {}
+    name = metadata.get("name")
+    if name in MODELS:
+        paired = fetch_decoder(name)
+        if paired is not None:
+            return paired
+    checkpoint = metadata.get("checkpoint")
+    if checkpoint and os.path.isfile(checkpoint) and has_decoder(checkpoint):
+        return Path(checkpoint)
+    return None
 
 
 def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike) -> Path:

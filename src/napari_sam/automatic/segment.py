@@ -78,18 +78,16 @@ class AutomaticSegmenter:
              device: str | None = None, **kwargs) -> AutomaticSegmenter:
         """Load a model (:func:`napari_sam.checkpoints.load_model`) and its instance decoder.
 
-        The decoder is read from ``decoder`` when given, else from the model's file when it
-        holds one (a micro-sam checkpoint with ``decoder_state``). Keywords as the constructor.
+        The decoder is read from ``decoder`` when given, else found by
+        :func:`~.loading.decoder_source`: a named model's paired decoder (``vit_b_lm`` ->
+        ``vit_b_lm_decoder``, downloaded on first use), or the model file's own
+        ``decoder_state``. Keywords as the constructor.
         """
         from ..checkpoints import load_model
-        from .loading import has_decoder, load_decoder
+        from .loading import decoder_source, load_decoder
 
         model = load_model(name_or_path, device=device)
-        source = decoder
-        if source is None and kwargs.get("mode") != "amg":
-            checkpoint = model.metadata.get("checkpoint")
-            if checkpoint and os.path.isfile(checkpoint) and has_decoder(checkpoint):
-                source = checkpoint
+        source = decoder if decoder is not None else decoder_source(model, kwargs.get("mode"))
         instance_decoder = None if source is None else load_decoder(source, device=model.device)
         return cls(model, instance_decoder, **kwargs)
 

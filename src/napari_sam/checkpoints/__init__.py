@@ -1,9 +1,10 @@
-"""Checkpoints: named models, download with sha256 checks, safe reading, loading and saving.
+"""Checkpoints: named models, download with hash checks, safe reading, loading and saving.
 
 One module per concern:
 
-- :mod:`.registry`: the named models (:data:`MODELS`, :class:`ModelSpec`) and :func:`cache_dir`;
-- :mod:`.download`: :func:`fetch_weights` (pooch, sha256);
+- :mod:`.registry`: the named models (:data:`MODELS`, :class:`ModelSpec`), their instance
+  decoders (:data:`DECODERS`) and :func:`cache_dir`;
+- :mod:`.download`: :func:`fetch_weights`, :func:`fetch_decoder` (pooch, sha256 or xxh128);
 - :mod:`.reading`: :func:`read_state_dict` (``torch.load(weights_only=True)``, unwrapping);
 - :mod:`.metadata`: the sidecar JSON (:func:`metadata_path`);
 - :mod:`.architecture`: :class:`Architecture`, :func:`detect_architecture`;
@@ -17,15 +18,16 @@ URL and the path to put a manually downloaded copy at.
 """
 
 from .architecture import Architecture, detect_architecture
-from .download import fetch_weights
+from .download import fetch_decoder, fetch_weights
 from .errors import CheckpointError, DownloadError
 from .loading import load_model, save_model
 from .metadata import metadata_path
 from .reading import read_state_dict
-from .registry import CACHE_ENV_VAR, MODELS, ModelSpec, cache_dir
+from .registry import CACHE_ENV_VAR, DECODERS, MODELS, ModelSpec, cache_dir
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "DECODERS",
     "MODELS",
     "Architecture",
     "CheckpointError",
@@ -33,6 +35,7 @@ __all__ = [
     "ModelSpec",
     "cache_dir",
     "detect_architecture",
+    "fetch_decoder",
     "fetch_weights",
     "load_model",
     "metadata_path",

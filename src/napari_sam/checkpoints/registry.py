@@ -1,6 +1,8 @@
-"""The named models: where each file comes from, its sha256, and where it lives here.
+"""The named models: where each file comes from, its hash, and where it lives here.
 
-The sha256 values and where they were confirmed are listed in docs/models.md.
+Two kinds of files are named: models (:data:`MODELS`, loadable with ``load_model``) and
+instance decoders (:data:`DECODERS`, paired with a model through :attr:`ModelSpec.decoder`).
+The hash values and where they were confirmed are listed in docs/models.md.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import pooch
 
-__all__ = ["BUNDLED_DIR", "CACHE_ENV_VAR", "MODELS", "ModelSpec", "bundled_path", "cache_dir", "model_spec"]
+__all__ = [
+    "BUNDLED_DIR", "CACHE_ENV_VAR", "DECODERS", "MODELS", "ModelSpec", "bundled_path", "cache_dir", "file_spec",
+    "model_spec",
+]
 
 CACHE_ENV_VAR = "NAPARI_SAM_CACHE_DIR"
 
@@ -35,10 +40,18 @@ class ModelSpec:
     url : str or None
         Where to download it from; None for files shipped inside the package.
     sha256 : str or None
-        Expected sha256 of the file, lowercase hex; None for bundled files.
+        Expected sha256 of the file, lowercase hex; None for bundled files and for files
+        whose publisher gives another hash (``xxh128``).
     size_bytes : int or None
         Expected size, for messages only.
     description : str
+    xxh128 : str or None
+        Expected xxh128 of the file, lowercase hex (32 digits): the hash micro-sam's registry
+        publishes; checked when ``sha256`` is None.
+    decoder : str or None
+        The key of :data:`DECODERS` holding this model's instance decoder (AIS), if any.
+    source : str
+        Where the URL and hash were read (package, version, file and lines).
     """
 
     name: str
@@ -48,10 +61,25 @@ class ModelSpec:
     sha256: str | None
     size_bytes: int | None
     description: str
+    xxh128: str | None = None
+    decoder: str | None = None
+    source: str = ""
 
     @property
     def bundled(self) -> bool:
         return self.url is None
+
+    @property
+    def hash_algorithm(self) -> str | None:
+        """``"sha256"`` or ``"xxh128"``: the hash the download is checked with (None when bundled)."""
+        if self.sha256 is not None:
+            return "sha256"
+        return "xxh128" if self.xxh128 is not None else None
+
+    @property
+    def expected_hash(self) -> str | None:
+        """The expected hash in :attr:`hash_algorithm`, lowercase hex."""
+        return self.sha256 if self.sha256 is not None else self.xxh128
 
 
 _SAM_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -68,6 +96,7 @@ MODELS: dict[str, ModelSpec] = {
             sha256=None,
             size_bytes=None,
             description="Compact model trained by this project, shipped inside the package.",
+            decoder="default_decoder",
         ),
         ModelSpec(
             name="vit_b",
@@ -108,6 +137,65 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
+# micro-sam's microscopy models (Archit et al., Nature Methods 2025; CC-BY-4.0 on BioImage.IO).
+# URLs and xxh128 hashes as micro-sam 1.8.14 publishes them in micro_sam/util.py, function
+# models(): hashes in `encoder_registry` / `decoder_registry`, URLs in `encoder_urls` /
+# `decoder_urls`; the numbers below are that file's line numbers. The encoder files are
+# plain SAM state dicts, the decoder files the decoder's state dict (automatic/loading.py).
+_BIOIMAGE_IO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
+_MICRO_SAM = (
+    # name, BioImage.IO id/version, xxh128 of the model, hash line, URL line,
+    #   xxh128 of its decoder, hash line, URL line
+    ("vit_l_lm", "idealistic-rat/1.2", "017f20677997d628426dec80a8018f9d", 112, 150,
+     "2faeafa03819dfe03e7c46a44aaac64a", 129, 163),
+    ("vit_b_lm", "diplomatic-bug/1.2", "fe9252a29f3f4ea53c15a06de471e186", 113, 151,
+     "708b15ac620e235f90bb38612c4929ba", 130, 164),
+    ("vit_t_lm", "faithful-chicken/1.1", "72ec5074774761a6e5c05a08942f981e", 114, 152,
+     "3e914a5f397b0312cdd36813031f8823", 131, 165),
+    ("vit_l_em_organelles", "humorous-crab/1.2", "810b084b6e51acdbf760a993d8619f2d", 116, 153,
+     "334877640bfdaaabce533e3252a17294", 133, 166),
+    ("vit_b_em_organelles", "noisy-ox/1.2", "f3bf2ed83d691456bae2c3f9a05fb438", 117, 154,
+     "bb6398956a6b0132c26b631c14f95ce2", 134, 167),
+    ("vit_t_em_organelles", "greedy-whale/1", "253474720c497cce605e57c9b1d18fd9", 118, 155,
+     "8f897c7bb93174a4d1638827c4dd6f44", 135, 168),
+)
+_MICRO_SAM_SOURCE = "micro_sam 1.8.14, micro_sam/util.py, hash line {}, URL line {}"
+_DOMAINS = {"lm": "light microscopy (cells and nuclei)", "em_organelles": "electron microscopy (organelles)"}
+
+#: Instance decoders (micro-sam's AIS decoder), paired with a model by ``ModelSpec.decoder``.
+DECODERS: dict[str, ModelSpec] = {
+    "default_decoder": ModelSpec(
+        name="default_decoder", model_type=None, filename="default_decoder.pt", url=None, sha256=None,
+        size_bytes=None, description="Instance decoder of the default model, shipped inside the package "
+        "when this installation has one.",
+    ),
+}
+
+_TITLES = {"vit_t": "ViT-T (MobileSAM)", "vit_b": "ViT-B", "vit_l": "ViT-L"}
+
+
+def _add_micro_sam_models() -> None:
+    for name, record, model_hash, model_hash_line, model_url_line, decoder_hash, decoder_hash_line, \
+            decoder_url_line in _MICRO_SAM:
+        model_type, domain = name[:5], _DOMAINS[name[6:]]
+        DECODERS[name + "_decoder"] = ModelSpec(
+            name=name + "_decoder", model_type=None, filename=f"{name}_decoder.pt",
+            url=f"{_BIOIMAGE_IO}{record}/files/{model_type}_decoder.pt", sha256=None, size_bytes=None,
+            description=f"micro-sam's instance decoder for {name}.", xxh128=decoder_hash,
+            source=_MICRO_SAM_SOURCE.format(decoder_hash_line, decoder_url_line),
+        )
+        MODELS[name] = ModelSpec(
+            name=name, model_type=model_type, filename=f"{name}.pt",
+            url=f"{_BIOIMAGE_IO}{record}/files/{model_type}.pt", sha256=None, size_bytes=None,
+            description=f"micro-sam {_TITLES[model_type]} for {domain}, with its instance decoder "
+                        f"(BioImage.IO {record}).",
+            xxh128=model_hash, decoder=name + "_decoder",
+            source=_MICRO_SAM_SOURCE.format(model_hash_line, model_url_line),
+        )
+
+
+_add_micro_sam_models()
+
 
 def model_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a named model; ValueError listing the names otherwise."""
@@ -115,6 +203,17 @@ def model_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; named models are {sorted(MODELS)}") from None
+
+
+def file_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a named model or instance decoder; ValueError otherwise."""
+    if name in DECODERS:
+        return DECODERS[name]
+    try:
+        return model_spec(name)
+    except ValueError:
+        raise ValueError(f"unknown model {name!r}; named models are {sorted(MODELS)}, "
+                         f"named decoders {sorted(DECODERS)}") from None
 
 
 def cache_dir() -> Path:
