@@ -166,9 +166,46 @@ def test_stage_three_starts_from_a_saved_stage_two_model(tmp_path, capsys):
         main(["--from-stage2", str(tmp_path / "stage2.pt"), "--stage3-epochs", "0", "--out", str(tmp_path / "x.pt")])
     assert "needs stage 3" in capsys.readouterr().err
     main(["--from-stage2", str(tmp_path / "stage2.pt"), "--stage3-epochs", "1", "--stage3-images", "6",
-          "--out", str(tmp_path / "final.pt")])
+          "--stage4-epochs", "0", "--out", str(tmp_path / "final.pt")])
     model = load_model(tmp_path / "final.pt")
     assert model.supports_text and model.metadata["name"] == "default"
     assert "stage 3" in capsys.readouterr().out
     before, after = load_model(tmp_path / "stage2.pt").state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # stage 3 trained it
+
+
+def test_stage_four_set_mixes_every_modality_and_keeps_fluorescence_nuclei_common():
+    from napari_sam.synthetic import MODALITIES
+    from napari_sam.training.default_model import STAGE4_MIX, mixed_images
+
+    assert {modality for modality, _, _ in STAGE4_MIX} == set(MODALITIES)
+    nuclei = sum(m == "fluorescence" and "nucleus" in kinds for m, kinds, _ in STAGE4_MIX)
+    assert nuclei / len(STAGE4_MIX) >= 0.25
+    images, labels, classes = mixed_images(count=len(STAGE4_MIX), seed=5)
+    for (modality, kinds, _), image, label, kind_of in zip(STAGE4_MIX, images, labels, classes):
+        rgb = modality in ("histology", "ihc")
+        assert image.shape == ((128, 128, 3) if rgb else (128, 128))
+        assert label.shape == (128, 128)
+        assert set(np.unique(label)[1:]) == set(kind_of) and set(kind_of.values()) <= set(kinds)
+
+
+def test_stage_four_starts_from_a_saved_stage_three_model(tmp_path, capsys):
+    import torch
+    from tiny import TINY, build_tiny
+
+    from napari_sam import save_model
+    from napari_sam.inference.text import TEXT_DIM
+    from napari_sam.training.default_model import main
+
+    save_model(build_tiny({**TINY, "text_dim": TEXT_DIM}), tmp_path / "stage3.pt")
+    with pytest.raises(SystemExit):
+        main(["--from-stage3", str(tmp_path / "stage3.pt"), "--stage4-epochs", "0", "--out", str(tmp_path / "x.pt")])
+    assert "needs stage 4" in capsys.readouterr().err
+    main(["--from-stage3", str(tmp_path / "stage3.pt"), "--stage4-epochs", "1", "--stage4-images", "14",
+          "--out", str(tmp_path / "final.pt")])
+    out = capsys.readouterr().out
+    assert "stage 4" in out and "stage 3" not in out
+    model = load_model(tmp_path / "final.pt")
+    assert model.supports_text and model.metadata["name"] == "default"
+    before, after = load_model(tmp_path / "stage3.pt").state_dict(), model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # stage 4 trained it

@@ -3,8 +3,9 @@
 The generator trains the bundled default model from scratch and makes the napari sample
 data, so it aims for the variety of real data rather than for one pretty picture:
 fluorescence nuclei of 6 to 60 px with textured chromatin, dim and out-of-focus nuclei,
-crowded nuclei that touch; brightfield / phase-contrast objects with halos; H&E-like
-histology.
+crowded nuclei that touch; whole cells (cytoplasm, membrane and whole-cell stains);
+brightfield objects; phase contrast (dark objects and rods with bright halos, or
+inverted); H&E-like and IHC-like (hematoxylin and DAB) histology.
 
 Every image is built in two passes. The first draws each object's shape as a field
 ``q`` (normalised distance from its centre, ``q < 1`` inside) in a small crop and places
@@ -18,7 +19,8 @@ Objects are drawn in batches of equal-sized crops, so the per-object Python work
 handful of small numpy calls.
 
 Modules: :mod:`.shapes` (argument checks, object shapes, placement), :mod:`.painting`
-(intensities, textures, modality styles, optics and camera); this module holds the public
+(intensities, textures, modality styles, optics and camera), :mod:`.modalities` (phase
+contrast and IHC, added later so that the others keep their images); this module holds the public
 API and the driver that runs the two passes.
 """
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .modalities import finish_ihc, finish_phase_contrast
 from .painting import _finish_brightfield, _finish_fluorescence, _finish_histology, _paint, _style
 from .shapes import (
     DEFAULT_SIZE_RANGE,
@@ -88,6 +91,7 @@ def generate(
     dtype=np.uint8,
     seed: int | None = None,
     rng: np.random.Generator | None = None,
+    noise_scale: float = 1.0,
 ) -> SyntheticImage:
     """Generate one microscopy-like image with exact instance labels.
 
@@ -101,7 +105,9 @@ def generate(
         (H, W) of the image in pixels, each at least 16.
     modality : str
         "fluorescence" (bright objects on a dark, uneven background), "brightfield"
-        (low-contrast objects with halos on grey) or "histology" (H&E-like RGB).
+        (low-contrast objects with halos on grey), "histology" (H&E-like RGB),
+        "phase contrast" (dark objects with a bright halo outside them; a quarter of
+        the images inverted) or "ihc" (RGB: hematoxylin-blue and DAB-brown objects).
     kinds : sequence of str
         Object kinds to draw, any of :data:`KINDS`; several may be mixed.
     density : float, optional
@@ -117,14 +123,21 @@ def generate(
         Seed for a new random generator; the result is deterministic for a seed.
     rng : np.random.Generator, optional
         Generator to draw from instead of ``seed``.
+    noise_scale : float
+        Multiplies the noise's standard deviation (> 1: lower signal-to-noise ratio).
+        1 keeps the images of earlier versions for the same seed.
 
     Returns
     -------
     SyntheticImage
-        Image of ``shape`` (plus a trailing 3 for histology) and ``dtype``; int32
+        Image of ``shape`` (plus a trailing 3 for histology and ihc) and ``dtype``; int32
         labels of ``shape``; ``classes`` for every label.
     """
-    return _generate(shape, modality, kinds, density, size_range, dtype, _make_rng(seed, rng), {})
+    if not noise_scale > 0:
+        raise ValueError(f"noise_scale must be > 0, got {noise_scale!r}")
+    return _generate(
+        shape, modality, kinds, density, size_range, dtype, _make_rng(seed, rng), {}, noise_scale=noise_scale
+    )
 
 
 def random_training_image(
@@ -220,9 +233,13 @@ def sample_nuclei(shape: tuple[int, int] = (256, 256), seed: int = 0) -> Synthet
 # --------------------------------------------------------------------------- driver
 
 
-def _generate(shape, modality, kinds, density, size_range, dtype, rng, overrides) -> SyntheticImage:
+def _generate(shape, modality, kinds, density, size_range, dtype, rng, overrides, noise_scale=1.0) -> SyntheticImage:
     shape, kinds, dtype, sizes = _check_args(shape, modality, kinds, density, size_range, dtype)
     style = _style(modality, rng, overrides)
+    if noise_scale != 1.0:
+        for key, power in (("read_noise", 1), ("noise", 1), ("photons", -2)):
+            if key in style:
+                style[key] *= noise_scale**power
     if density is None:
         density = float(rng.uniform(0.3, 0.65) if "cell" in kinds else rng.uniform(0.08, 0.35))
     h, w = shape
@@ -251,6 +268,8 @@ def _generate(shape, modality, kinds, density, size_range, dtype, rng, overrides
         "fluorescence": _finish_fluorescence,
         "brightfield": _finish_brightfield,
         "histology": _finish_histology,
+        "phase contrast": finish_phase_contrast,
+        "ihc": finish_ihc,
     }[modality]
     image = finish(canvases, labels, spacing, dtype, style, rng)
 

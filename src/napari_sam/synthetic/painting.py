@@ -124,7 +124,11 @@ def _object_values(modality, batch, style, rng):
         phase = _col(rng.uniform(0.6, 1.4, n))
         return [absorb, phase, texture]
 
-    # histology
+    if modality != "histology":
+        from .modalities import extra_values  # imports this module
+
+        return extra_values(modality, batch, shape_profile, level, texture, style, rng)
+
     hema = shape_profile * level * style["hema"]
     if style["vesicular"]:
         # open chromatin: pale centre and a dark rim (nuclear membrane)
@@ -249,7 +253,7 @@ def _style(modality, rng, overrides):
             noise=_log_uniform(rng, 0.004, 0.03),
             background_level=float(rng.uniform(0.35, 0.8)),
         )
-    else:
+    elif modality == "histology":
         style.update(
             hema=float(rng.uniform(0.4, 0.9)),
             eosin=float(rng.uniform(0.15, 0.5)),
@@ -260,6 +264,10 @@ def _style(modality, rng, overrides):
             psf_sigma=float(rng.uniform(0.4, 1.2)),
             texture_amp=float(rng.uniform(0.3, 0.9)),
         )
+    else:
+        from .modalities import extra_style  # imports this module
+
+        style.update(extra_style(modality, rng))
     style.update(overrides)
     return style
 

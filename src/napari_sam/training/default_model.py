@@ -138,6 +138,67 @@ def balanced_images(count: int = STAGE3_IMAGES, seed: int = STAGE3_SEED):
     return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
+#: Stage 4's images, drawn in turn: (modality, kinds, size range per kind or None). A
+#: third are fluorescence nuclei (alone or with rods / spots) so that they keep their
+#: quality; the rest are whole cells (fluorescence, phase contrast, brightfield), rods
+#: (bacteria) and stained tissue nuclei / cells.
+STAGE4_MIX = (
+    ("fluorescence", ("nucleus",), None),
+    ("phase contrast", ("elongated cell",), {"elongated cell": (10.0, 60.0)}),
+    ("fluorescence", ("cell",), {"cell": (20.0, 110.0)}),
+    ("fluorescence", ("nucleus", "elongated cell"), None),
+    ("histology", ("nucleus",), {"nucleus": (8.0, 40.0)}),
+    ("phase contrast", ("cell",), {"cell": (12.0, 100.0)}),
+    ("fluorescence", ("nucleus",), None),
+    ("ihc", ("nucleus",), {"nucleus": (8.0, 40.0)}),
+    ("fluorescence", ("cell", "nucleus"), {"cell": (18.0, 40.0), "nucleus": (6.0, 14.0)}),
+    ("brightfield", ("cell",), {"cell": (20.0, 100.0)}),
+    ("fluorescence", ("nucleus", "small spot"), None),
+    ("phase contrast", ("cell", "elongated cell"), {"cell": (12.0, 40.0), "elongated cell": (10.0, 50.0)}),
+    ("ihc", ("cell",), {"cell": (25.0, 80.0)}),
+    ("fluorescence", ("elongated cell",), None),
+)
+STAGE4_IMAGES = 504
+STAGE4_SEED = 4
+# Stage 4: a gentle fine-tune of stage 3's model on STAGE4_MIX.
+STAGE4_TRAINING = {**STAGE3_TRAINING, "epochs": 2, "lr": 3e-4, "seed": 4}
+LOW_SNR_FRACTION = 0.25  # share of stage-4 images with 1.5-4x the generator's noise
+
+
+def mixed_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED):
+    """Stage 4's set: ``STAGE4_MIX`` in turn, every modality and kind, objects of ~5 to
+    ~110 px (the input is 128 px), 8 and 16 bit (RGB ones 8 bit), a share at low SNR.
+
+    Each image draws one typical size per kind (log-uniform within the entry's range,
+    objects within about 0.75-1.3x of it); fluorescence nuclei use stage 3's sizes.
+    Returns (images, labels, kind per label) lists, as ``balanced_images``.
+    """
+    import numpy as np
+
+    from ..synthetic import generate
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        modality, kinds, ranges = STAGE4_MIX[index % len(STAGE4_MIX)]
+        rgb = modality in ("histology", "ihc")
+        dtype = np.uint16 if not rgb and rng.random() < 0.3 else np.uint8
+        noise = float(np.exp(rng.uniform(np.log(1.5), np.log(4.0)))) if rng.random() < LOW_SNR_FRACTION else 1.0
+        size_range = None
+        if ranges is not None:
+            size_range = {}
+            for kind, (lo, hi) in ranges.items():
+                centre = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+                size_range[kind] = (max(2.0, 0.75 * centre), 1.3 * centre)
+        elif "nucleus" in kinds and rng.random() < 1 / 3:
+            centre = float(np.exp(rng.uniform(np.log(10.0), np.log(56.0))))
+            size_range = {"nucleus": (0.75 * centre, 1.3 * centre)}
+        sample = generate(IMAGE_SHAPE, modality=modality, kinds=kinds, dtype=dtype, size_range=size_range,
+                          noise_scale=noise, seed=[seed, index])
+        images.append((sample.image, sample.labels, {int(k): str(v) for k, v in sample.classes.items()}))
+    return tuple(map(list, zip(*images))) if images else ([], [], [])
+
+
 def as_samples(images, labels, classes, name: str):
     """Training samples (RGB planes, labels, kind per label) from generated images."""
     import numpy as np
@@ -232,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-stage2", type=Path, default=None,
                         help="skip stages 0-2 and start stage 3 from this saved stage-2 model "
                              "(a full run writes it beside --out as <name>.stage2.pt)")
+    parser.add_argument("--stage4-epochs", type=int, default=STAGE4_TRAINING["epochs"],
+                        help="epochs of stage 4 on every modality (0: no stage 4)")
+    parser.add_argument("--stage4-lr", type=float, default=STAGE4_TRAINING["lr"])
+    parser.add_argument("--stage4-images", type=int, default=STAGE4_IMAGES, help="size of stage 4's mixed set")
+    parser.add_argument("--from-stage3", type=Path, default=None,
+                        help="skip stages 0-3 and run stage 4 from this saved stage-3 model "
+                             "(a full run writes it beside --out as <name>.stage3.pt)")
     parser.add_argument("--architecture", type=json.loads, default={},
                         help="JSON overrides of DEFAULT_ARCHITECTURE, e.g. '{\"depth\": 4}'")
     args = parser.parse_args(argv)
@@ -243,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     stage3 = {**STAGE3_TRAINING, "epochs": args.stage3_epochs, "lr": args.stage3_lr,
               "kind_weight": args.stage3_kind_weight, "text_probability": args.stage3_text_probability,
               "loss_resolution": args.loss_resolution}
+    stage4 = {**STAGE4_TRAINING, "epochs": args.stage4_epochs, "lr": args.stage4_lr,
+              "loss_resolution": args.loss_resolution}
+    if args.from_stage2 is not None and args.from_stage3 is not None:
+        parser.error("give --from-stage2 or --from-stage3, not both")
+    if args.from_stage3 is not None and not args.stage4_epochs:
+        parser.error("--from-stage3 needs stage 4 (--stage4-epochs > 0)")
 
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         elif event["event"] in ("epoch", "done", "cancelled"):
             print(json.dumps({k: v for k, v in event.items() if k != "history"}, default=str), flush=True)
 
-    stage2_out = args.out.with_name(args.out.stem + ".stage2.pt") if args.stage3_epochs else args.out
-    if args.from_stage2 is not None:
+    # each stage writes to --out unless a later one runs, which then starts from its file
+    stage2_out = args.out.with_name(args.out.stem + ".stage2.pt") if args.stage3_epochs or args.stage4_epochs else args.out
+    stage3_out = args.out.with_name(args.out.stem + ".stage3.pt") if args.stage4_epochs else args.out
+    if args.from_stage3 is not None:
+        sam, result = load_model(args.from_stage3, device="cpu"), None
+    elif args.from_stage2 is not None:
         if not args.stage3_epochs:
             parser.error("--from-stage2 needs stage 3 (--stage3-epochs > 0)")
         sam, result = load_model(args.from_stage2, device="cpu"), None
@@ -287,13 +365,20 @@ def main(argv: list[str] | None = None) -> int:
                           config=TrainConfig.from_options(**stage2), on_progress=log, cancel=stop_file.exists)
         sam = result.model
 
-    if args.stage3_epochs and (result is None or not result.cancelled):
+    if args.from_stage3 is None and args.stage3_epochs and (result is None or not result.cancelled):
         # Stage 3: every kind as common as nuclei, at a lower learning rate.
         print("stage 3", flush=True)
-        result = finetune(as_samples(*balanced_images(args.stage3_images), "balanced"), base=sam, out=args.out,
+        result = finetune(as_samples(*balanced_images(args.stage3_images), "balanced"), base=sam, out=stage3_out,
                           config=TrainConfig.from_options(**stage3), on_progress=log, cancel=stop_file.exists)
+        sam = result.model
+    if args.stage4_epochs and (result is None or not result.cancelled):
+        # Stage 4: every modality (phase contrast, brightfield, H&E, IHC, whole cells,
+        # rods), with fluorescence nuclei kept at a third of the images.
+        print("stage 4", flush=True)
+        result = finetune(as_samples(*mixed_images(args.stage4_images), "mixed"), base=sam, out=args.out,
+                          config=TrainConfig.from_options(**stage4), on_progress=log, cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
-    metadata.pop("checkpoint", None)  # where --from-stage2 was read from: not this file's origin
+    metadata.pop("checkpoint", None)  # where --from-stage2/3 was read from: not this file's origin
     metadata.update(
         {
             "name": "default",
