@@ -13,7 +13,9 @@ naming the file and saying what to do.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +27,8 @@ from ..files import atomic_torch_save, atomic_write_bytes
 from .architecture import Architecture, architecture_from_config, detect_architecture, named_configs
 from .download import fetch_weights
 from .errors import LIST_LIMIT, CheckpointError
-from .metadata import metadata_path, read_metadata, sidecar_json
-from .reading import read_state_dict
+from .metadata import metadata_path, read_paired_metadata, sidecar_json
+from .reading import PAIRING_KEY, read_weights
 from .registry import MODELS, ModelSpec
 
 if TYPE_CHECKING:
@@ -77,13 +79,13 @@ def load_model(
 
     target_device = select_device(device)  # fail on a bad device before reading gigabytes
     spec, path = _resolve(name_or_path)
-    state = read_state_dict(path)
+    state, pairing = read_weights(path)
     _refuse_non_finite(state, path)
     from ..model.sam2 import is_sam2_state_dict, load_sam2_checkpoint
 
     if is_sam2_state_dict(state):  # SAM 2.1 files: their own family and detection
         return load_sam2_checkpoint(state, path, target_device, spec.name if spec is not None else None)
-    metadata, metadata_file = read_metadata(path)
+    metadata, metadata_file = read_paired_metadata(path, pairing)
     architecture, origin = _choose_architecture(state, path, model_type, metadata, metadata_file, spec)
     _check_before_building(state, architecture, origin, path)
 
@@ -270,13 +272,21 @@ def save_model(
     path: str | os.PathLike,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a model's state dict and its sidecar JSON, each atomically.
+    """Write a model's state dict and its sidecar JSON, each atomically, as a pair.
 
     The state dict goes to ``path`` (a plain state dict, readable by :func:`load_model`
     and by ``torch.load(weights_only=True)``); the metadata goes to ``<stem>.json`` with
     ``model_type`` and ``config``, so compact project-trained models load without guessing.
     Each file is written to a temporary file in the same folder and renamed over the
-    target, so a crash never leaves a half-written checkpoint under the final name.
+    target, so a crash never leaves a half-written file under the final name.
+
+    The two renames cannot be one, so the pair is tied instead: both files carry a
+    ``weights_id`` (a digest of the weights and the metadata), and the weights file also
+    carries the sidecar's text (in the state dict's ``_metadata``, which loading a state
+    dict ignores). The weights are renamed first: a crash between the two renames leaves
+    the new weights beside the old sidecar, which :func:`load_model` recognises as not
+    theirs and replaces by the stored copy. Any crash thus leaves the old pair or the new
+    one, never a silently mismatched one.
 
     Parameters
     ----------
@@ -294,16 +304,32 @@ def save_model(
     path = Path(path).expanduser()
     if path.suffix == ".json":
         raise ValueError(f"{path}: a checkpoint needs a suffix other than .json (e.g. .pt)")
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    state = OrderedDict((name, tensor.detach().cpu()) for name, tensor in model.state_dict().items())
     config = getattr(model, "config", None)
     if isinstance(config, Mapping) and config.get("encoder"):
         architecture = architecture_from_config(config)
     else:
         architecture = detect_architecture(state)
 
-    text = sidecar_json(architecture, metadata)
+    weights_id = _weights_digest(state, sidecar_json(architecture, metadata))
+    text = sidecar_json(architecture, metadata, weights_id=weights_id)
+    state._metadata = OrderedDict([(PAIRING_KEY, {"weights_id": weights_id, "sidecar": text})])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, path)
     atomic_write_bytes(metadata_path(path), text.encode("utf-8"))
     return path
+
+
+def _weights_digest(state: Mapping[str, torch.Tensor], text: str) -> str:
+    """sha256 (hex, first 32 digits) of every tensor's name, dtype, shape and bytes, and ``text``.
+
+    Deterministic, so saving the same model twice writes the same files.
+    """
+    digest = hashlib.sha256(text.encode("utf-8"))
+    for name, tensor in state.items():
+        flat = tensor.detach().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from .architecture import Architecture, architecture_from_config
 from .errors import CheckpointError
 
-__all__ = ["METADATA_FORMAT", "METADATA_VERSION", "metadata_path", "read_metadata", "sidecar_json"]
+__all__ = ["METADATA_FORMAT", "METADATA_VERSION", "metadata_path", "read_metadata", "read_paired_metadata", "sidecar_json"]
 
 # Written into every sidecar JSON by save_model, so a file can say what wrote it.
 METADATA_FORMAT = "napari-sam-checkpoint"
@@ -53,8 +54,51 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], Path | None]:
     return {}, None
 
 
-def sidecar_json(architecture: Architecture, metadata: Mapping[str, Any] | None) -> str:
+def read_paired_metadata(path: Path, pairing: Mapping[str, str] | None) -> tuple[dict[str, Any], Path | None]:
+    """The metadata that belongs to the weights in ``path``, and the file it came from.
+
+    ``pairing`` is :func:`~napari_sam.checkpoints.reading.read_weights`'s record. A sidecar
+    whose ``weights_id`` is the weights file's is read as is (hand edits kept). One that
+    is not (a save interrupted between its two files, or a weights file copied over
+    another) is never used with the wrong weights: the copy the weights file carries
+    stands in for it, with a warning; a file without a copy loads without the sidecar.
+
+    Raises
+    ------
+    CheckpointError
+        When the sidecar is not valid JSON and the weights file carries no copy.
+    """
+    try:
+        sidecar, sidecar_file = read_metadata(path)
+    except CheckpointError:
+        if pairing is None:
+            raise
+        sidecar, sidecar_file = {}, metadata_path(path)
+    if pairing is None:
+        if "weights_id" not in sidecar:
+            return sidecar, sidecar_file
+        warnings.warn(f"napari-sam: {sidecar_file} was written for other weights than {path}; it is ignored",
+                      stacklevel=3)
+        return {}, None
+    if sidecar_file is not None and sidecar.get("weights_id") == pairing["weights_id"]:
+        return sidecar, sidecar_file
+    try:
+        embedded = json.loads(pairing["sidecar"])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the metadata stored in the file is not valid JSON: {err}.") from None
+    if not isinstance(embedded, dict):
+        raise CheckpointError(f"{path}: the metadata stored in the file is not a JSON object.")
+    if sidecar_file is not None:
+        warnings.warn(f"napari-sam: {sidecar_file} belongs to other weights than {path} (a save interrupted "
+                      f"between the two files?); using the metadata stored in {path.name}", stacklevel=3)
+    return embedded, path
+
+
+def sidecar_json(architecture: Architecture, metadata: Mapping[str, Any] | None, weights_id: str | None = None) -> str:
     """The text of the sidecar JSON of a model of ``architecture``, with the user's ``metadata``.
+
+    ``weights_id`` (written by :func:`~napari_sam.checkpoints.save_model`) ties the sidecar
+    to its weights file, which carries the same id.
 
     Raises
     ------
@@ -67,6 +111,7 @@ def sidecar_json(architecture: Architecture, metadata: Mapping[str, Any] | None)
         "format_version": METADATA_VERSION,
         "model_type": architecture.model_type,
         "config": architecture.config,
+        **({"weights_id": weights_id} if weights_id else {}),
     }
     for key, value in (metadata or {}).items():
         if key == "model_type" and value != architecture.model_type:

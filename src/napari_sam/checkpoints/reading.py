@@ -19,7 +19,7 @@ import torch
 
 from .errors import LIST_LIMIT, CheckpointError
 
-__all__ = ["STATE_DICT_ENTRIES", "WRAPPER_PREFIXES", "read_state_dict"]
+__all__ = ["PAIRING_KEY", "STATE_DICT_ENTRIES", "WRAPPER_PREFIXES", "read_state_dict", "read_weights"]
 
 # Leading key prefixes other tools add: micro-sam / torch_em wrap SAM as `sam.`,
 # DistributedDataParallel adds `module.`, torch.compile adds `_orig_mod.`.
@@ -30,13 +30,32 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "sam.")
 STATE_DICT_ENTRIES = ("model_state", "state_dict", "model")
 
 
+# save_model stores the sidecar's record in the state dict's ``_metadata`` (which torch
+# pickles with an OrderedDict and ``load_state_dict`` ignores for unknown prefixes), so the
+# weights file can tell whether a sidecar beside it is its own.
+PAIRING_KEY = "napari_sam"
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a plain SAM state dict (on the CPU).
+    """Read a checkpoint file into a plain SAM state dict (on the CPU). See :func:`read_weights`."""
+    return read_weights(path)[0]
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """Read a checkpoint file into a plain SAM state dict (on the CPU) and its pairing record.
 
     Accepts plain state dicts (the official and MobileSAM files), training checkpoints
     that wrap the weights in ``model_state`` / ``state_dict`` next to other entries
     (micro-sam / torch_em: ``optimizer_state``, ``decoder_state``, ``config``, ...; these
     are ignored), and keys prefixed by ``sam.``, ``module.`` or ``_orig_mod.`` (stripped).
+
+    Returns
+    -------
+    state : dict of str to Tensor
+    pairing : dict or None
+        For files written by :func:`~napari_sam.checkpoints.save_model`:
+        ``{"weights_id": str, "sidecar": str}`` (the id also in its sidecar JSON, and the
+        sidecar's text); None for any other file.
 
     Raises
     ------
@@ -56,7 +75,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "parameter names to tensors)."
         )
     state = _unwrap(loaded, path)
-    return _strip_prefixes(state, path)
+    return _strip_prefixes(state, path), _pairing(loaded)
+
+
+def _pairing(loaded: Any) -> dict[str, str] | None:
+    """The record :func:`~napari_sam.checkpoints.save_model` embeds, when well formed (else None)."""
+    record = getattr(loaded, "_metadata", None)
+    record = record.get(PAIRING_KEY) if isinstance(record, Mapping) else None
+    if not isinstance(record, Mapping):
+        return None
+    weights_id, sidecar = record.get("weights_id"), record.get("sidecar")
+    if not (isinstance(weights_id, str) and weights_id and isinstance(sidecar, str)):
+        return None
+    return {"weights_id": weights_id, "sidecar": sidecar}
 
 
 def torch_load_data(path: Path) -> Any:
