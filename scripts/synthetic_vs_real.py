@@ -3,7 +3,7 @@
     python scripts/synthetic_vs_real.py --out docs/images/synthetic_vs_real.png
 
 Each row starts with real crops (the evaluation images under ../shared/eval, whose
-sources are listed in its README, and scikit-image's bundled IHC and "cell" images),
+sources are listed in its README, and scikit-image's bundled IHC image),
 then generated images (``napari_sam.synthetic.generate``, 256 x 256, fixed seeds) of the
 same modality, with the generated objects' outlines on the last panel of each row. Real
 crops are shown at the pixel size they have (no resampling), so object sizes compare.
@@ -48,9 +48,8 @@ def real_images() -> dict[str, list[tuple[str, np.ndarray]]]:
     scratch = EVAL / "ndev_scratch" / "scratch_oblique_t00-09_image.tif"
     if scratch.exists():
         rows["transmitted light, whole cells"].append(
-            ("real: ndev oblique light", _crop(tifffile.imread(scratch)[0], 0, 160))
+            ("real: ndev oblique light", _crop(tifffile.imread(scratch)[0], 0, 0))
         )
-    rows["transmitted light, whole cells"].append(("real: skimage cell", _crop(data.cell(), 300, 200)))
     rows["IHC histology"].append(("real: skimage IHC", _crop(data.immunohistochemistry(), 0, 0)))
     rows["IHC histology"].append(("real: skimage IHC", _crop(data.immunohistochemistry(), 256, 256)))
     return rows
@@ -72,6 +71,7 @@ ROWS = {
                                        noise_scale=4.0, seed=8)),
     ],
     "transmitted light, whole cells": [
+        ("DIC / oblique cells", dict(modality="dic", kinds=("cell",), size_range=(30.0, 70.0), seed=1)),
         ("phase contrast cells", dict(modality="phase contrast", kinds=("cell",), size_range=(30.0, 60.0), seed=1)),
         ("brightfield cells", dict(modality="brightfield", kinds=("cell",), seed=2)),
     ],
@@ -79,7 +79,7 @@ ROWS = {
         ("rods", dict(modality="phase contrast", kinds=("elongated cell",), size_range=(15.0, 50.0), seed=11)),
         ("rods, crowded", dict(modality="phase contrast", kinds=("elongated cell",), density=0.5,
                                size_range=(20.0, 60.0), seed=12)),
-        ("round cells", dict(modality="phase contrast", kinds=("nucleus",), size_range=(6.0, 14.0), seed=13)),
+        ("small round cells", dict(modality="phase contrast", kinds=("cell",), size_range=(10.0, 20.0), seed=15)),
         ("inverted / 16-bit", dict(modality="phase contrast", kinds=("elongated cell", "nucleus"), dtype=np.uint16,
                                    seed=14)),
     ],

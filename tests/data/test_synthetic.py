@@ -78,7 +78,7 @@ def test_rng_and_seed_are_interchangeable():
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_image_has_requested_dtype_and_shape(modality, dtype):
     result = generate((48, 72), modality=modality, dtype=dtype, seed=1)
-    expected = (48, 72, 3) if modality == "histology" else (48, 72)
+    expected = (48, 72, 3) if modality in ("histology", "ihc") else (48, 72)
     assert result.image.shape == expected
     assert result.image.dtype == dtype
 

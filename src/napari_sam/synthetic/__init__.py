@@ -5,7 +5,7 @@ data, so it aims for the variety of real data rather than for one pretty picture
 fluorescence nuclei of 6 to 60 px with textured chromatin, dim and out-of-focus nuclei,
 crowded nuclei that touch; whole cells (cytoplasm, membrane and whole-cell stains);
 brightfield objects; phase contrast (dark objects and rods with bright halos, or
-inverted); H&E-like and IHC-like (hematoxylin and DAB) histology.
+inverted); DIC / oblique-light relief; H&E-like and IHC-like (hematoxylin and DAB) histology.
 
 Every image is built in two passes. The first draws each object's shape as a field
 ``q`` (normalised distance from its centre, ``q < 1`` inside) in a small crop and places
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .modalities import finish_ihc, finish_phase_contrast
+from .modalities import finish_dic, finish_ihc, finish_phase_contrast
 from .painting import _finish_brightfield, _finish_fluorescence, _finish_histology, _paint, _style
 from .shapes import (
     DEFAULT_SIZE_RANGE,
@@ -107,7 +107,9 @@ def generate(
         "fluorescence" (bright objects on a dark, uneven background), "brightfield"
         (low-contrast objects with halos on grey), "histology" (H&E-like RGB),
         "phase contrast" (dark objects with a bright halo outside them; a quarter of
-        the images inverted) or "ihc" (RGB: hematoxylin-blue and DAB-brown objects).
+        the images inverted), "dic" (DIC / oblique-light relief: one side of each
+        object bright, the other dark) or "ihc" (RGB: hematoxylin-blue and DAB-brown
+        objects).
     kinds : sequence of str
         Object kinds to draw, any of :data:`KINDS`; several may be mixed.
     density : float, optional
@@ -269,6 +271,7 @@ def _generate(shape, modality, kinds, density, size_range, dtype, rng, overrides
         "brightfield": _finish_brightfield,
         "histology": _finish_histology,
         "phase contrast": finish_phase_contrast,
+        "dic": finish_dic,
         "ihc": finish_ihc,
     }[modality]
     image = finish(canvases, labels, spacing, dtype, style, rng)

@@ -11,6 +11,9 @@ halos: negative phase contrast, or a defocused positive one).
 IHC: hematoxylin (blue) counterstains every nucleus; a share of the objects is DAB
 positive (brown), in the nucleus or, for whole cells, in the cytoplasm. Colours are
 mixed by Beer-Lambert with Ruifrok and Johnston's stain vectors, slightly jittered.
+
+DIC / oblique illumination: the same phase objects seen as relief, the phase's gradient
+along one shear direction (one side of each object bright, the other dark) on grey.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .painting import _grain, _quantise, _smooth_field, _texture_field
 from .shapes import _col
 
 #: Modalities this module paints; :mod:`.painting` paints the others.
-EXTRA_MODALITIES = ("phase contrast", "ihc")
+EXTRA_MODALITIES = ("phase contrast", "dic", "ihc")
 
 # Optical densities per RGB channel (Ruifrok & Johnston 2001), rows: hematoxylin, DAB.
 _HEMATOXYLIN = (0.65, 0.70, 0.29)
@@ -35,6 +38,16 @@ def _log_uniform(rng, lo, hi):
 
 def extra_style(modality, rng):
     """Appearance parameters of a phase-contrast or IHC image (added to the shared ones)."""
+    if modality == "dic":
+        return {
+            "relief": float(rng.uniform(0.4, 2.5)),  # gradient gain, px
+            "shear": float(rng.uniform(0, 2 * np.pi)),
+            "relief_sigma": float(rng.uniform(0.8, 2.5)),
+            "depth": float(rng.uniform(0.0, 0.12)),
+            "vignetting": float(rng.uniform(0.0, 0.15)),
+            "noise": _log_uniform(rng, 0.004, 0.04),
+            "background_level": float(rng.uniform(0.3, 0.7)),
+        }
     if modality == "phase contrast":
         return {
             "depth": float(rng.uniform(0.15, 0.55)),  # how dark objects are, of the background
@@ -48,9 +61,10 @@ def extra_style(modality, rng):
             "psf_sigma": float(rng.uniform(0.5, 1.5)),
         }
     return {
-        "hema": float(rng.uniform(0.35, 0.9)),
+        "hema": float(rng.uniform(0.2, 0.6)),  # IHC counterstains are paler than H&E
         "dab": float(rng.uniform(0.4, 1.2)),
         "positive_fraction": float(rng.uniform(0.1, 0.8)),
+        "dab_membrane": bool(rng.random() < 0.5),
         "background_hema": float(rng.uniform(0.02, 0.12)),
         "background_dab": float(rng.uniform(0.0, 0.08)),
         "tissue_fraction": float(rng.uniform(0.5, 1.0)),
@@ -64,7 +78,7 @@ def extra_values(modality, batch, shape_profile, level, texture, style, rng):
     """Per-object canvases for phase contrast (phase, unused, texture amplitude) or IHC
     (hematoxylin, DAB, texture amplitude), each (N, S, S) or broadcastable."""
     n = len(batch.q)
-    if modality == "phase contrast":
+    if modality in ("phase contrast", "dic"):
         phase = shape_profile * level
         if batch.kind == "cell":
             # the nucleus and the cell body round up over it: thicker, so darker
@@ -78,12 +92,16 @@ def extra_values(modality, batch, shape_profile, level, texture, style, rng):
         nucleus = np.clip((1 - batch.inner) / 0.3, 0, 1)
         hema = (0.08 + 0.92 * nucleus) * level * style["hema"]
         # membrane or cytoplasm staining of positive cells, little over the nucleus
-        dab = positive * dab_level * shape_profile * (1 - 0.7 * nucleus)
+        if style["dab_membrane"]:
+            stain = 0.3 * shape_profile + np.clip(1 - np.abs(batch.q - 0.9) / 0.15, 0, 1)
+        else:
+            stain = shape_profile
+        dab = positive * dab_level * stain * (1 - 0.7 * nucleus)
         return [hema, dab, texture]
     hema = shape_profile * level * style["hema"]
     dab = positive * dab_level * shape_profile
     # a DAB-positive nucleus keeps some counterstain under the brown
-    hema = hema * np.where(positive, 0.4, 1.0)
+    hema = hema * np.where(positive, 0.2, 1.0)
     return [hema, dab, texture]
 
 
@@ -108,8 +126,28 @@ def finish_phase_contrast(canvases, labels, spacing, dtype, style, rng):
         contrast = -contrast
     illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w)))
     dirt = rng.uniform(0.0, 0.02) * _smooth_field(shape, rng, 10.0)
-    signal = illumination * (1 + dirt + contrast)
-    signal += style["noise"] * rng.standard_normal(shape, dtype=np.float32)
+    return _camera(illumination * (1 + dirt + contrast), dtype, style, rng)
+
+
+def finish_dic(canvases, labels, spacing, dtype, style, rng):
+    """DIC / oblique-light image: the objects' phase gradient along the shear direction."""
+    phase, _, texture = canvases
+    shape = labels.shape
+    h, w = shape
+    if texture.any():
+        phase *= _grain(texture, spacing, style, rng)
+    smooth = ndi.gaussian_filter(phase, style["relief_sigma"], truncate=3.0)
+    gy, gx = np.gradient(smooth)
+    contrast = style["relief"] * (np.float32(np.sin(style["shear"])) * gy + np.float32(np.cos(style["shear"])) * gx)
+    contrast -= style["depth"] * smooth
+    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w)))
+    dirt = rng.uniform(0.0, 0.02) * _smooth_field(shape, rng, 10.0)
+    return _camera(illumination * (1 + dirt + contrast), dtype, style, rng)
+
+
+def _camera(signal, dtype, style, rng):
+    """Transmitted light (1 = background) -> noisy counts of ``dtype``."""
+    signal += style["noise"] * rng.standard_normal(signal.shape, dtype=np.float32)
     if dtype == np.uint8:
         gain, top = 255 * style["background_level"], 255
     else:

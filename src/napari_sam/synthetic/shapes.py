@@ -9,7 +9,7 @@ import numpy as np
 from skimage import measure
 
 KINDS = ("nucleus", "cell", "elongated cell", "small spot")
-MODALITIES = ("fluorescence", "brightfield", "histology", "phase contrast", "ihc")
+MODALITIES = ("fluorescence", "brightfield", "histology", "phase contrast", "dic", "ihc")
 
 #: Every label in a :class:`SyntheticImage` has at least this many pixels.
 MIN_OBJECT_PIXELS = 8

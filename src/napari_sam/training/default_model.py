@@ -138,10 +138,10 @@ def balanced_images(count: int = STAGE3_IMAGES, seed: int = STAGE3_SEED):
     return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
-#: Stage 4's images, drawn in turn: (modality, kinds, size range per kind or None). A
-#: third are fluorescence nuclei (alone or with rods / spots) so that they keep their
-#: quality; the rest are whole cells (fluorescence, phase contrast, brightfield), rods
-#: (bacteria) and stained tissue nuclei / cells.
+#: Stage 4's images, drawn in turn: (modality, kinds, size range per kind or None). Five
+#: in 16 are fluorescence nuclei (alone or with rods / spots) so that they keep their
+#: quality; the rest are whole cells (fluorescence, phase contrast, DIC, brightfield),
+#: rods (bacteria) and stained tissue nuclei / cells.
 STAGE4_MIX = (
     ("fluorescence", ("nucleus",), None),
     ("phase contrast", ("elongated cell",), {"elongated cell": (10.0, 60.0)}),
@@ -157,8 +157,10 @@ STAGE4_MIX = (
     ("phase contrast", ("cell", "elongated cell"), {"cell": (12.0, 40.0), "elongated cell": (10.0, 50.0)}),
     ("ihc", ("cell",), {"cell": (25.0, 80.0)}),
     ("fluorescence", ("elongated cell",), None),
+    ("dic", ("cell",), {"cell": (20.0, 110.0)}),
+    ("fluorescence", ("nucleus",), None),
 )
-STAGE4_IMAGES = 504
+STAGE4_IMAGES = 576
 STAGE4_SEED = 4
 # Stage 4: a gentle fine-tune of stage 3's model on STAGE4_MIX.
 STAGE4_TRAINING = {**STAGE3_TRAINING, "epochs": 2, "lr": 3e-4, "seed": 4}
