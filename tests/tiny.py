@@ -69,3 +69,31 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert set(a) == set(b)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# A SAM 2.1 model small enough for tests (with its memory modules): Hiera of 8 blocks,
+# windowed and global, 128-px input, 8x8 embedding grid.
+TINY_SAM2 = {
+    "embed_dim": 16, "num_heads": 1, "stages": [1, 2, 4, 1], "global_att_blocks": [4, 6],
+    "window_spec": [8, 4, 14, 7], "window_pos_embed_bkg_spatial_size": [7, 7], "image_size": 128, "d_model": 32,
+    "mem_dim": 16, "memory_mlp_dim": 64,
+}
+
+
+def build_tiny_sam2(seed: int = 0, present: bool = True, image_size: int | None = None):
+    """A random SAM 2.1 :class:`~napari_sam.model.sam2.Sam2` of :data:`TINY_SAM2`, seeded.
+
+    ``present``: the object-score head says "present" (random weights otherwise call
+    every object absent and every mask empty). ``image_size``: another input side (a
+    multiple of 32).
+    """
+    import torch
+
+    from napari_sam.model.sam2 import build_sam2
+
+    torch.manual_seed(seed)
+    model = build_sam2({**TINY_SAM2, **({"image_size": image_size} if image_size else {})})
+    if present:
+        with torch.no_grad():
+            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 50.0
+    return model

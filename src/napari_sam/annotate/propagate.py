@@ -48,6 +48,7 @@ from scipy import ndimage
 from ..inference.embeddings import EmbeddingStore
 from ..inference.predictor import Predictor
 from ..inference.tiling import TiledPredictor
+from .propagate_video import MemoryPropagation, uses_memory
 from .stack_objects import Division, PlaneMask, StackObjects, Stop, blend, intersection, mask_iou
 
 PROMPT_MODES = ("box", "box+mask", "mask", "points", "points+mask")
@@ -196,6 +197,9 @@ class Propagator:
         As :class:`~napari_sam.inference.tiling.TiledPredictor` (default the model input).
     settings : PropagationSettings, optional
 
+    With a SAM 2.1 model (``model.supports_video``) the run follows the objects with the
+    model's memory instead (:mod:`napari_sam.annotate.propagate_video`).
+
     Examples
     --------
     >>> result = Propagator(Predictor(load_model("default"))).run(
@@ -312,6 +316,9 @@ class Propagator:
         """
         if not seeds:
             raise ValueError("no object to propagate: give at least one seed")
+        if uses_memory(self.predictor):  # SAM 2.1: its memory follows the objects (propagate_video.py)
+            return MemoryPropagation(self.predictor, self.settings).run(source, seeds, progress=progress,
+                                                                        cancel=cancel, next_id=next_id)
         count = len(source)
         result = StackObjects((count, *source.plane_shape))
         by_label: dict[int, dict[int, PlaneMask]] = {}

@@ -169,18 +169,29 @@ def load_sam2_checkpoint(state: Mapping[str, torch.Tensor], path: Any, device: t
     device : where the model goes.
     name : the registry name, when loaded by name.
 
+    The architecture is detected from the tensors (the four official sizes), or read from
+    a sidecar JSON (``<stem>.json``) whose ``config`` has ``"family": "sam2"``.
+
     Raises
     ------
     CheckpointError
         Tensors of a SAM 2 model that fit none of the four sizes, or keys that do not fit.
     """
-    from ...checkpoints.errors import CheckpointError
+    from pathlib import Path
 
+    from ...checkpoints.errors import CheckpointError
+    from ...checkpoints.metadata import read_metadata
+
+    # A sidecar JSON whose config is a SAM 2 one (e.g. a small model of one's own; the
+    # input size is not visible in the tensors) is used as it is, checked by the strict load.
+    metadata, _ = read_metadata(Path(path))
+    config = metadata.get("config")
+    config = config if isinstance(config, Mapping) and config.get("family") == FAMILY else None
     try:
-        model = load_sam2(state)
-    except (ValueError, RuntimeError) as err:
+        model = load_sam2(state, config)
+    except (ValueError, RuntimeError, TypeError, KeyError) as err:
         raise CheckpointError(f"{path} holds SAM 2 tensors that cannot be loaded: {err}") from err
     model.to(device)
-    model.metadata = {"model_type": model.config["name"], "config": dict(model.config), "checkpoint": str(path),
-                      **({"name": name} if name is not None else {})}
+    model.metadata = {**metadata, "model_type": model.config["name"], "config": dict(model.config),
+                      "checkpoint": str(path), **({"name": name} if name is not None else {})}
     return model

@@ -22,9 +22,10 @@ long stacks (:attr:`VideoTracker.stored_frames`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +49,7 @@ class FrameOutput:
     pointer: torch.Tensor  # (1, C) object pointer
     object_score: torch.Tensor  # (1, 1) logit that the object is present
     memory: torch.Tensor | None = None  # (1, mem_dim, h, w) bfloat16
+    score: float = 1.0  # predicted IoU of the mask (1 for a mask given as the prompt)
 
 
 @dataclass
@@ -113,8 +115,7 @@ class VideoTracker:
         best of three masks by predicted IoU; more points, or a box (two corner points),
         the single-mask output.
         """
-        if not 0 <= frame < self.num_frames:
-            raise ValueError(f"frame {frame} is outside 0..{self.num_frames - 1}")
+        self._check_frame(frame)
         device = self.model.device
         coords = torch.zeros(1, 0, 2, device=device)
         point_labels = torch.zeros(1, 0, dtype=torch.int64, device=device)
@@ -132,10 +133,57 @@ class VideoTracker:
         embedding = s2 + self.model.no_mem_embed.view(1, -1, 1, 1)  # a prompted frame sees no memory
         output = self._decode(embedding, (s0, s1), (coords, point_labels), multimask=coords.shape[1] <= 1)
         output.memory = self._encode_memory(s2, output, binarize=True)
+        self._condition_on(frame, obj_id, output)
+        return output.logits
+
+    @torch.inference_mode()
+    def add_mask(self, frame: int, obj_id: int, mask) -> torch.Tensor:
+        """Prompt object ``obj_id`` on ``frame`` with a mask; replaces earlier prompts there.
+
+        Parameters
+        ----------
+        mask : (H, W) bool array or tensor
+            The object on the whole frame (any size: stretched to ``S x S`` as the frame
+            is, kept where the stretched mask is >= 0.5).
+
+        Returns the frame's low-res logits ``(1, 1, 4h, 4w)``. As the official video
+        predictor, the mask itself is the frame's output (logits +-10, predicted IoU 1,
+        present when any pixel is set); the decoder only makes its object pointer, from
+        the mask as a mask prompt on the frame's features without memory.
+        """
+        self._check_frame(frame)
+        model = self.model
+        size = model.image_size
+        given = torch.as_tensor(np.ascontiguousarray(mask, dtype=bool)).to(model.device)
+        if given.ndim != 2:
+            raise ValueError(f"mask must be 2D (H, W), got shape {tuple(given.shape)}")
+        mask_in = given[None, None].float()
+        if mask_in.shape[-2:] != (size, size):
+            mask_in = F.interpolate(mask_in, (size, size), mode="bilinear", align_corners=False, antialias=True)
+            mask_in = (mask_in >= 0.5).float()
+        high_res = mask_in * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
+        logits = F.interpolate(high_res, (size // 4, size // 4), mode="bilinear", align_corners=False, antialias=True)
+        s0, s1, s2, _ = self._features(frame)
+        points = (s2.new_zeros(1, 1, 2), torch.full((1, 1), -1, dtype=torch.int64, device=s2.device))
+        sparse, dense = model.sam_prompt_encoder(points, None, model.mask_downsample(mask_in))
+        _, _, tokens, _ = model.sam_mask_decoder(s2, model.sam_prompt_encoder.get_dense_pe(), sparse, dense, False,
+                                                 (s0, s1))
+        present = mask_in.flatten(1).gt(0).any(dim=1, keepdim=True).float()  # (1, 1)
+        pointer = present * model.obj_ptr_proj(tokens[:, 0]) + (1 - present) * model.no_obj_ptr
+        object_score = present * MEMORY_MASK_SCALE + MEMORY_MASK_BIAS
+        output = FrameOutput(logits, pointer, object_score, score=1.0)
+        output.memory = self._encode_memory(s2, output, binarize=True)
+        self._condition_on(frame, obj_id, output)
+        return output.logits
+
+    def _check_frame(self, frame: int) -> None:
+        if not 0 <= frame < self.num_frames:
+            raise ValueError(f"frame {frame} is outside 0..{self.num_frames - 1}")
+
+    def _condition_on(self, frame: int, obj_id: int, output: FrameOutput) -> None:
         state = self.objects.setdefault(obj_id, ObjectState())
         state.conditioning[frame] = output
         state.tracked.pop(frame, None)
-        return output.logits
 
     # ---- propagation ----------------------------------------------------------------
 
@@ -157,16 +205,29 @@ class VideoTracker:
         else:
             order = range(start, min(start + steps, self.num_frames - 1) + 1)
         for frame in order:
-            results = {}
-            for obj_id, state in self.objects.items():
-                if frame in state.conditioning:
-                    results[obj_id] = state.conditioning[frame].logits
-                    continue
-                output = self._track(state, frame, reverse)
-                state.tracked[frame] = output
-                results[obj_id] = output.logits
-                self._forget(state, frame)
-            yield frame, results
+            yield frame, {obj_id: output.logits for obj_id, output in self.track(frame, reverse).items()}
+
+    @torch.inference_mode()
+    def track(self, frame: int, reverse: bool = False, obj_ids: Iterable[int] | None = None) -> dict[int, FrameOutput]:
+        """One step of :meth:`propagate`: the outputs of ``obj_ids`` (default all) on ``frame``.
+
+        A prompted frame gives its prompted output; any other is decoded from the memories
+        of the frames before it (after it with ``reverse``) and becomes a memory itself.
+        Callers that drive their own loop (e.g. stop objects on the way) step frames in
+        order, as :meth:`propagate` does.
+        """
+        self._check_frame(frame)
+        results = {}
+        for obj_id in self.objects if obj_ids is None else obj_ids:
+            state = self.objects[obj_id]
+            if frame in state.conditioning:
+                results[obj_id] = state.conditioning[frame]
+                continue
+            output = self._track(state, frame, reverse)
+            state.tracked[frame] = output
+            results[obj_id] = output
+            self._forget(state, frame)
+        return results
 
     def _track(self, state: ObjectState, frame: int, reverse: bool) -> FrameOutput:
         s0, s1, s2, pos = self._features(frame)
@@ -250,7 +311,7 @@ class VideoTracker:
         pointer = model.obj_ptr_proj(token)
         weight = present.float()
         pointer = weight * pointer + (1 - weight) * model.no_obj_ptr
-        return FrameOutput(masks[:, best : best + 1].float(), pointer, object_score)
+        return FrameOutput(masks[:, best : best + 1].float(), pointer, object_score, score=float(iou[0, best]))
 
     def _encode_memory(self, features: torch.Tensor, output: FrameOutput, binarize: bool) -> torch.Tensor:
         model = self.model
