@@ -51,7 +51,7 @@ def extra_style(modality, rng):
     if modality == "phase contrast":
         return {
             "depth": float(rng.uniform(0.15, 0.55)),  # how dark objects are, of the background
-            "halo": float(rng.uniform(0.1, 0.5)),
+            "halo": float(rng.uniform(0.5, 1.3)),  # the PSF spills dark past the edge: the halo must outweigh it
             "halo_sigma": float(rng.uniform(1.5, 5.0)),
             "shade_off": float(rng.uniform(0.0, 0.7)),
             "inverted": bool(rng.random() < 0.25),
