@@ -33,8 +33,9 @@ class ModelSpec:
     name : str
         The registry name, e.g. ``"vit_b"``.
     model_type : str or None
-        The architecture (a key of ``napari_sam.model.MODEL_CONFIGS``), or None when the
-        file's sidecar metadata says it (the bundled default model).
+        The architecture (a key of ``napari_sam.model.MODEL_CONFIGS``, or of
+        ``napari_sam.model.sam2.SAM2_CONFIGS`` for SAM 2.1), or None when the file's
+        sidecar metadata says it (the bundled default model).
     filename : str
         File name in the cache (or in the package, for bundled models).
     url : str or None
@@ -195,6 +196,29 @@ def _add_micro_sam_models() -> None:
 
 
 _add_micro_sam_models()
+
+# SAM 2.1 (Meta AI, Apache-2.0): URLs as Meta's sam2 repository gives them (README.md and
+# checkpoints/download_ckpts.sh at commit 2b90b9f, the 092824 release). Meta publishes no
+# hash; the sha256 values are those micro-sam verifies these URLs with (pooch known_hash,
+# micro_sam/v2/util.py, HASHES["sam2.1"]), and the same values with these byte sizes are
+# checked by several independent download scripts (docs/models.md, "Where the hashes come from").
+_SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_SAM2_SOURCE = ("URL: facebookresearch/sam2 README.md / checkpoints/download_ckpts.sh (092824 release); "
+                "sha256: micro-sam micro_sam/v2/util.py HASHES['sam2.1'], matched by independent download scripts")
+for _name, _title, _sha256, _size in (
+    ("sam2.1_hiera_tiny", "Hiera-T", "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156_008_466),
+    ("sam2.1_hiera_small", "Hiera-S", "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+     184_416_285),
+    ("sam2.1_hiera_base_plus", "Hiera-B+", "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+     323_606_802),
+    ("sam2.1_hiera_large", "Hiera-L", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+     898_083_611),
+):
+    MODELS[_name] = ModelSpec(
+        name=_name, model_type=_name, filename=f"{_name}.pt", url=f"{_SAM2_BASE_URL}{_name}.pt", sha256=_sha256,
+        size_bytes=_size, description=f"SAM 2.1 {_title} (Meta AI, Apache-2.0): Hiera encoder; propagation "
+        "through z / t follows objects with its memory.", source=_SAM2_SOURCE,
+    )
 
 
 def model_spec(name: str) -> ModelSpec:
