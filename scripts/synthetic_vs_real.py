@@ -136,6 +136,11 @@ def main(argv=None) -> int:
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=80)
+    plt.close(fig)
+    # a 256-colour palette keeps the noisy panels' file small enough for the docs
+    from PIL import Image
+
+    Image.open(args.out).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(f"wrote {args.out}")
     return 0
 
