@@ -87,7 +87,7 @@ def bench_model(model_type: str, size: int, repeats: int, clicks: int, fast: boo
 
         ours_model = fast_mode(ours_model)
     ref = SamPredictor(ref_model)
-    ours = napari_sam.Predictor(ours_model)
+    ours = napari_sam.Predictor(ours_model, mode="whole")  # the reference resizes the whole image, any size
     image = _image(size)
 
     def ref_embed():

@@ -7,6 +7,12 @@ far each source's labels can be trusted).
 
     python benchmarks/bench_quality.py --model default --out docs/quality_default.json
 
+``--mode``: ``api`` is the documented Python API (``Predictor(model).set_image(plane)``:
+native-resolution tiles for planes larger than the model input, the widget's and the CLI's
+masks); ``tiled`` is ``TiledPredictor`` itself (the same masks); ``whole`` is
+``Predictor(model, mode="whole")``, every plane resized to the model input (SAM's way, and
+what the API did before it tiled).
+
 3D sources are evaluated on 2D slices (every ``--z-step``-th plane), each 2D connected
 piece of a label with at least ``--min-pixels`` pixels counting as an object.
 """
@@ -70,7 +76,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def evaluate(segmenter, source: str, z_step: int, min_pixels: int, tiled: bool, erode: int = 0) -> dict:
+def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 0) -> dict:
     """Mean IoU per object from one interior point and from the box; ``erode`` > 0 shrinks
     every predicted mask by that many pixels before scoring (an analysis of outline
     conventions, not something the product does)."""
@@ -81,7 +87,7 @@ def evaluate(segmenter, source: str, z_step: int, min_pixels: int, tiled: bool, 
     point_ious, box_ious, seconds = [], [], 0.0
     for name, image, labels in planes(source, z_step):
         start = time.perf_counter()
-        if tiled:
+        if isinstance(segmenter, TiledPredictor):
             segmenter.set_plane(image)
         else:
             segmenter.set_image(image)
@@ -103,8 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
-    parser.add_argument("--mode", choices=["whole", "tiled"], default="whole",
-                        help="whole: the plane resized to the model input (SAM); tiled: native-resolution tiles")
+    parser.add_argument("--mode", choices=["api", "tiled", "whole"], default="api",
+                        help="api: Predictor(model) as documented (tiles when the plane is larger than the model "
+                             "input); tiled: TiledPredictor; whole: the plane resized to the model input (SAM)")
     parser.add_argument("--z-step", type=int, default=6)
     parser.add_argument("--min-pixels", type=int, default=20)
     parser.add_argument("--device", default=None)
@@ -114,11 +121,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    predictor = Predictor(load_model(args.model, device=args.device))
-    segmenter = TiledPredictor(predictor) if args.mode == "tiled" else predictor
+    model = load_model(args.model, device=args.device)
+    if args.mode == "tiled":
+        segmenter = TiledPredictor(Predictor(model))
+    else:
+        segmenter = Predictor(model, mode="tiles" if args.mode == "api" else "whole")
     report = {"model": args.model, "mode": args.mode, "command": " ".join(["python"] + sys.argv), "results": []}
     for source in args.sources:
-        row = evaluate(segmenter, source, args.z_step, args.min_pixels, args.mode == "tiled", args.erode)
+        row = evaluate(segmenter, source, args.z_step, args.min_pixels, args.erode)
         report["results"].append(row)
         print(f"{source:11s} objects {row['objects']:5d}  point mIoU {row['point_miou']:.3f}  "
               f"box mIoU {row['box_miou']:.3f}  ({row['seconds']} s)", flush=True)

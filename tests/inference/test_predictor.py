@@ -24,8 +24,10 @@ from tiny import TINY
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
+    # The single-embedding contract (a 90x150 plane would be tiled for the 128-px model;
+    # tiles are pinned in test_api_paths.py and test_tiling.py).
     torch.manual_seed(0)
-    return Predictor(build_sam(TINY))
+    return Predictor(build_sam(TINY), mode="whole")
 
 
 @pytest.fixture(scope="module")

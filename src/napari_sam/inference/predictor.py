@@ -1,8 +1,16 @@
-"""Predictor: embed a plane once, then turn prompts into ranked masks quickly."""
+"""Predictor: embed a plane once, then turn prompts into ranked masks quickly.
+
+The documented entry point: a plane larger than the model input goes through native-resolution
+tiles (:class:`~.tiling.TiledPredictor`, the path of the napari widget and ``napari-sam
+segment``), so every path gives the same masks; the whole plane resized to the model input
+only when asked (``mode="whole"``).
+"""
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,10 +24,26 @@ from .encoding import Embedding, encode_plane
 from .prompts import MaskPrompt, Prompts
 
 if TYPE_CHECKING:
-    from .tiling import Tile
+    from .embeddings import EmbeddingStore, Progress
+    from .tiling import Tile, TiledPredictor
+
+MODES = ("tiles", "whole")
+# How many earlier tiled results a raw ``mask_input`` array is recognised from (their frame).
+_REMEMBERED_RESULTS = 8
 
 # Cosine similarity (MiniLM space) below which a text is reported as unknown to the model.
 TEXT_SIMILARITY_WARNING = 0.5
+
+
+def _is_plane(image) -> bool:
+    """Whether ``image`` (numpy or lazy, not read) has the shape and dtype of a plane the
+    normaliser takes: ``(H, W)`` or ``(H, W, 1|3|4)``, not empty, numeric."""
+    shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", None)
+    if shape is None or dtype is None:
+        return False
+    shape = tuple(shape)
+    return ((len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))) and min(shape[:2]) >= 1
+            and np.dtype(dtype).kind in "biuf")
 
 
 @dataclass(frozen=True)
@@ -33,8 +57,8 @@ class Candidates:
     logits : (N, h, w) float32, low-res logits in :attr:`frame` (refine with
         ``mask_input=candidates.mask_prompt(i)``).
     frame : Tile or None
-        The tile whose model input the logits cover (``TiledPredictor``), or None for
-        the whole plane (``Predictor``).
+        The tile whose model input the logits cover (a tiled plane), or None for the
+        whole plane (a plane that fits the model input, or ``mode="whole"``).
     """
 
     masks: np.ndarray
@@ -56,40 +80,121 @@ class Candidates:
 
 
 class Predictor:
-    """Segment a 2D plane from point, box and mask prompts.
+    """Segment a 2D plane from point, box, mask and text prompts.
 
     >>> predictor = Predictor(load_model("default"))
     >>> predictor.set_image(plane)
     >>> candidates = predictor.predict(points=[(120, 80)])   # (row, col)
     >>> mask = candidates.best
+
+    A plane larger than ``tile_size`` (default the model input) on either side is segmented
+    in native-resolution tiles, exactly as the napari widget and ``napari-sam segment`` do:
+    a tile around the prompts, every tile for text alone (see :mod:`.tiling`). A plane
+    that fits is embedded whole. ``mode="whole"`` resizes any plane to the model input
+    instead (SAM's behaviour; small objects of a large plane get lost).
+
+    Parameters
+    ----------
+    model : ModelFamily
+    normalization : Normalization
+    mode : {"tiles", "whole"}
+    store : EmbeddingStore, optional
+        Embedding cache (memory, optional disk) of ``model`` and ``normalization``, used by
+        :meth:`set_image` for tiles and whole planes; default: tiles in a memory-only
+        store, whole planes not cached.
+    tile_size, halo : int, optional
+        Tiles of ``mode="tiles"``, defaults those of :class:`~.tiling.TiledPredictor`
+        (the model input; ``tile_size // 8``), the widget's and the CLI's.
+
+    Attributes
+    ----------
+    embedding : Embedding or None
+        The current plane's embedding when it is embedded whole.
+    tiled : TiledPredictor or None
+        Over the current plane when it is tiled (e.g. ``predictor.tiled.precompute()``
+        embeds every tile now instead of when a prompt first needs it).
     """
 
-    def __init__(self, model: ModelFamily, normalization: Normalization = DEFAULT_NORMALIZATION) -> None:
+    def __init__(self, model: ModelFamily, normalization: Normalization = DEFAULT_NORMALIZATION, *,
+                 mode: str = "tiles", store: EmbeddingStore | None = None, tile_size: int | None = None,
+                 halo: int | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'tiles' (native-resolution tiles) or 'whole' (the plane resized "
+                             f"to the model input), got {mode!r}")
+        if mode == "whole" and (tile_size is not None or halo is not None):
+            raise ValueError("tile_size and halo are for mode='tiles'")
         self.model = model.eval()
         self.normalization = normalization
+        self.mode = mode
+        if store is not None and (store.model is not model or store.normalization != normalization):
+            raise ValueError("the store is for another model or normalisation: build it as "
+                             "EmbeddingStore(model, normalization, ...)")
+        self.store = store
+        self.tile_size = int(tile_size if tile_size is not None else model.image_size)
+        self.halo = halo
+        if mode == "tiles":
+            from .tiling import axis_split
+
+            halo = self.tile_size // 8 if halo is None else int(halo)
+            axis_split(self.tile_size + 1, self.tile_size, halo)  # refuse bad tiles now, not at set_image
         self.embedding: Embedding | None = None
+        self.tiled: TiledPredictor | None = None
+        self._tiler: TiledPredictor | None = None
+        self._recent: deque = deque(maxlen=_REMEMBERED_RESULTS)  # (logits, frame) of tiled results
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     def compute_embedding(self, image: np.ndarray) -> Embedding:
-        """Embed a 2D plane (grayscale, RGB or RGBA, any dtype) without making it current."""
+        """Embed a 2D plane (grayscale, RGB or RGBA, any dtype) whole, without making it current."""
         return encode_plane(self.model, image, self.normalization)
 
-    def set_image(self, image: np.ndarray) -> Embedding:
-        """Embed a 2D plane and make it the current one; returns the :class:`Embedding`."""
-        return self.set_embedding(self.compute_embedding(image))
+    def set_image(self, image) -> Embedding | None:
+        """Make a 2D plane ``(H, W[, C])`` current (any dtype; numpy, or lazy for tiles).
+
+        Returns
+        -------
+        Embedding or None
+            The plane's embedding when it is embedded whole (it fits ``tile_size``, or
+            ``mode="whole"``); None when it is tiled: each tile is read and embedded when a
+            prompt first needs it (:attr:`tiled`).
+        """
+        self.tiled, self.embedding = None, None
+        self._recent.clear()
+        if self.mode == "tiles" and _is_plane(image):  # anything else: the normaliser's error below
+            tiler = self._tiled_predictor()
+            tiler.set_plane(image)
+            if len(tiler.grid) > 1:
+                self.tiled = tiler
+                return None
+        image = np.asarray(image)
+        embedding = self.compute_embedding(image) if self.store is None else self.store.get(image)
+        return self.set_embedding(embedding)
 
     def set_embedding(self, embedding: Embedding) -> Embedding:
-        """Use a precomputed (e.g. cached or loaded) embedding as the current one."""
+        """Use a precomputed (e.g. cached or loaded) whole-plane embedding as the current one."""
         if embedding.image_size != self.model.image_size:
             raise ValueError(
                 f"embedding was made for a {embedding.image_size}px model input, "
                 f"this model takes {self.model.image_size}px"
             )
+        self.tiled = None
+        self._recent.clear()
         self.embedding = embedding.to(self.device)
         return self.embedding
+
+    def _tiled_predictor(self) -> TiledPredictor:
+        """The tiler of ``mode="tiles"``, built once. It decodes each tile with a twin of
+        this predictor (same class, model and state) that embeds whole: this one keeps the plane."""
+        if self._tiler is None:
+            from .tiling import TiledPredictor
+
+            twin = copy.copy(self)
+            twin.mode, twin.tiled, twin.embedding, twin._tiler = "whole", None, None, None
+            twin._recent = deque(maxlen=_REMEMBERED_RESULTS)
+            self._tiler = TiledPredictor(twin, self.store, tile_size=self.tile_size, halo=self.halo)
+        return self._tiler
 
     def _require_embedding(self) -> Embedding:
         if self.embedding is None:
@@ -107,8 +212,9 @@ class Predictor:
         text: str | None = None,
         *,
         prompts: Prompts | None = None,
+        progress: Progress | None = None,
     ) -> Candidates:
-        """Segment one object of the current plane.
+        """Segment one object of the current plane (or, for text alone, every object of a kind).
 
         Parameters
         ----------
@@ -116,8 +222,10 @@ class Predictor:
         point_labels : (N,) of 1 (positive) / 0 (negative); default all positive.
         box : (r0, c0, r1, c1), optional
         mask_input : MaskPrompt or (h, w) low-res logits, optional
-            ``candidates.mask_prompt(i)`` of an earlier result (re-sampled if its frame
-            is a tile), or low-res logits over the whole plane.
+            ``candidates.mask_prompt(i)`` of an earlier result (refines in the tile it came
+            from, re-sampled if the new prompt needs another), or low-res logits over the
+            whole plane. On a tiled plane, ``candidates.logits[i]`` of one of the last
+            results of this predictor is recognised as that candidate's (its tile).
         multimask : bool, optional
             Three candidates instead of one. Default as SAM: three for a single point
             and no other prompt, one otherwise.
@@ -128,11 +236,18 @@ class Predictor:
         prompts : Prompts, optional
             Instead of the arguments above: prompts already validated for this plane
             (``Prompts.build``); they are not validated again.
+        progress : callable (done, total), optional
+            Tiles embedded and decoded so far, for text alone on a tiled plane.
 
         Returns
         -------
-        Candidates, sorted by predicted IoU, best first.
+        Candidates, sorted by predicted IoU, best first; masks ``(N, H, W)`` over the whole plane.
         """
+        if self.tiled is not None:
+            result = self.tiled.predict(points, point_labels, box, self._known_frame(mask_input), multimask, text,
+                                        prompts=prompts, progress=progress)
+            self._recent.append((result.logits, result.frame))
+            return result
         embedding = self._require_embedding()
         prompts = self._prompts(embedding, prompts, points, point_labels, box, mask_input, text)
         if multimask is None:
@@ -141,6 +256,15 @@ class Predictor:
             raise TypeError(f"multimask must be True, False or None, got {multimask!r}")
         low_res, scores = self._decode(embedding, prompts, multimask)
         return self._rank(embedding, low_res[0], scores[0])
+
+    def _known_frame(self, mask_input):
+        """A raw logits array taken from a recent tiled result, as a mask prompt in its tile."""
+        if not isinstance(mask_input, np.ndarray):
+            return mask_input
+        for logits, frame in reversed(self._recent):
+            if np.may_share_memory(mask_input, logits) and mask_input.shape[-2:] == logits.shape[-2:]:
+                return MaskPrompt(np.asarray(mask_input, np.float32).reshape(1, *logits.shape[-2:]), frame)
+        return mask_input
 
     def _prompts(self, embedding: Embedding, prompts: Prompts | None, *raw) -> Prompts:
         """The one validation of a prediction's prompts (or the check that ready ones fit)."""
@@ -160,8 +284,15 @@ class Predictor:
         """Segment one object per box in one batch.
 
         ``boxes``: ``(N, 4)`` array-like of (r0, c0, r1, c1), validated; or a sequence of
-        box-only :class:`Prompts` built for this plane (trusted).
+        box-only :class:`Prompts` built for this plane (trusted). On a tiled plane, boxes
+        that one tile holds are decoded in one batch per tile (``TiledPredictor.predict_boxes``).
         """
+        if self.tiled is not None:
+            if len(boxes) and all(isinstance(box, Prompts) for box in boxes):
+                boxes = [box.box for box in boxes]
+            results = self.tiled.predict_boxes(boxes)
+            self._recent.extend((result.logits, result.frame) for result in results)
+            return results
         embedding = self._require_embedding()
         if len(boxes) and all(isinstance(box, Prompts) for box in boxes):
             boxes = np.stack([self._prompts(embedding, box).box for box in boxes])

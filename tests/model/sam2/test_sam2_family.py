@@ -36,7 +36,7 @@ def test_predictor_stretches_prompts_like_the_model_input(model):
     """A point at (row, col) of a 60 x 150 plane is decoded at (col * S / 150, row * S / 60)
     and the logits cover the whole plane (no padding to crop)."""
     plane = _plane((60, 150))
-    predictor = Predictor(model)
+    predictor = Predictor(model, mode="whole")  # one stretched embedding (150 > the 128-px input: tiles otherwise)
     embedding = predictor.set_image(plane)
     assert embedding.input_size == (128, 128)
     candidates = predictor.predict(points=[(30, 100)], multimask=True)
