@@ -3,7 +3,8 @@
     python -m napari_sam.training.default_model --out src/napari_sam/weights/default.pt
 
 Everything is seeded (weights, images, prompts), so the same command on the same
-software gives the same model (single-threaded: about 75 minutes on one core here). The
+software gives the same model (single-threaded: about 75 minutes on one core here for
+stages 0-3, plus about 30 for stage 4; ``--from-stage3 FILE`` runs stage 4 alone). The
 architecture is SAM's, made compact for CPUs (``DEFAULT_ARCHITECTURE``): a 2-block, 64-wide
 ViT on 8x8 patches of a 128-pixel input, made by a small convolutional stem (16x16
 embedding grid, windowed attention with one global block), a 64-wide prompt encoder and
