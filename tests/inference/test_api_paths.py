@@ -172,6 +172,16 @@ def test_a_plane_that_fits_the_model_input_is_embedded_whole_in_both_modes(model
     assert_same(tiles.predict(points=[(50, 60)]), whole.predict(points=[(50, 60)]))
 
 
+def test_lists_and_tensors_are_tiled_like_arrays(model, plane, api, nuclei):
+    import torch
+
+    point = nuclei[1][0]
+    predictor = Predictor(model)
+    assert predictor.set_image(plane.tolist()) is None  # int64 pixels: tiled (normalised on percentiles)
+    assert predictor.set_image(torch.from_numpy(plane)) is None
+    assert_same(predictor.predict(points=[point]), api.predict(points=[point]))
+
+
 def test_a_precomputed_embedding_is_used_whole(model, plane, api):
     predictor = Predictor(model)
     predictor.set_image(plane)

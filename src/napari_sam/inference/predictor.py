@@ -162,6 +162,8 @@ class Predictor:
         """
         self.tiled, self.embedding = None, None
         self._recent.clear()
+        if not hasattr(image, "shape") or isinstance(image, torch.Tensor):  # lists, PIL images, CPU tensors
+            image = np.asarray(image)
         if self.mode == "tiles" and _is_plane(image):  # anything else: the normaliser's error below
             tiler = self._tiled_predictor()
             tiler.set_plane(image)
