@@ -47,13 +47,16 @@ def _reference(current, plan):
     if plan.replace is not None:
         covered = np.logical_or.reduce(plan.masks) if plan.masks else np.zeros(SHAPE, bool)
         after[(after == plan.replace) & ~covered] = 0
+    claimed = np.zeros(SHAPE, bool)  # an earlier mask of the accept keeps its pixels (the preview's rule)
     for mask, value in zip(plan.masks, plan.values):
+        write = mask & ~claimed
         if plan.preserve:
             free = (after == 0) | (after == value)
             if plan.replace is not None:
                 free |= after == plan.replace
-            mask = mask & free
-        after[mask] = value
+            write = write & free
+        after[write] = value
+        claimed |= mask
     return after
 
 

@@ -24,7 +24,7 @@ class CommitPlan:
     Attributes
     ----------
     masks : tuple of (H, W) bool
-        Written in order; with ``preserve`` a later mask never takes an earlier one's pixels.
+        Written in order; a later mask never takes an earlier one's pixels.
     values : tuple of int
         The label id of each mask.
     preserve : bool
@@ -149,14 +149,18 @@ def paint(current: np.ndarray, plan: CommitPlan) -> PlaneEdit:
     if plan.replace is not None:
         covered = np.logical_or.reduce(masks) if masks else np.zeros(after.shape, bool)
         after[(after == plan.replace) & ~covered] = 0
+    claimed = np.zeros(after.shape, bool)
     for mask, value in zip(masks, plan.values):
-        writable = mask
+        # An earlier object of the same accept keeps its pixels, also when overwriting
+        # (overwrite is about labels already there): what the preview shows is written.
+        writable = mask & ~claimed
         if plan.preserve:
             free = (after == 0) | (after == value)
             if plan.replace is not None:
                 free |= after == plan.replace
-            writable = mask & free
+            writable &= free
         after[writable] = value
+        claimed |= mask
     rows, cols = np.nonzero(after != before)
     return PlaneEdit(rows + box[0], cols + box[1], before[rows, cols], after[rows, cols])
 
