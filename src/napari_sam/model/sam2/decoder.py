@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..common import MLP, LayerNorm2d
+from ..mask_decoder import MaskDecoder
 from ..prompt_encoder import PromptEncoder
 from ..transformer import TwoWayTransformer
 
@@ -152,10 +153,12 @@ class Sam2MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         _, channels, height, width = image_embeddings.shape
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts one shared embedding
+        first_layer = self._first_layer_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        # broadcasts one shared embedding; unused by a first layer computed earlier
+        src = image_embeddings if first_layer is not None else image_embeddings + dense_prompt_embeddings
         pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
         outputs = 2 + self.num_mask_tokens  # object score, IoU, mask tokens: all that is read
-        hs, src = self.transformer(src, pos_src, tokens, None, outputs)
+        hs, src = self.transformer(src, pos_src, tokens, first_layer, outputs)
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
 
         conv1, norm, act1, conv2, act2 = self.output_upscaling
@@ -171,6 +174,11 @@ class Sam2MaskDecoder(nn.Module):
         iou = torch.sigmoid(self.iou_prediction_head(hs[:, 1]))
         object_scores = self.pred_obj_score_head(hs[:, 0])
         return masks, iou, mask_tokens_out, object_scores
+
+    # Inference: the first two-way block's image-side projections, computed once per image
+    # embedding decoded without a mask prompt and reused by every later prompt (SAM's rule
+    # and code: the image tokens, their PE and the dense vector are the same each time).
+    _first_layer_image = MaskDecoder._first_layer_image
 
     def stability(self, logits: torch.Tensor) -> torch.Tensor:
         """``(..., H, W)`` logits -> area above ``+delta`` over area above ``-delta`` (1 where both are empty)."""
