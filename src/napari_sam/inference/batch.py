@@ -72,6 +72,8 @@ class PlaneReport:
     tiles: int
     computed: int
     seconds: float
+    unwritten: int = 0  # computed, but the cache entry could not be written
+    write_error: str | None = None
 
 
 # Per-process state: the model and the open file are reused by every task of a worker.
@@ -123,9 +125,12 @@ def embed_plane(job: EmbedJob, index) -> PlaneReport:
         tiled = TiledPredictor(Predictor(store.model, store.normalization), store, tile_size=job.tile_size,
                                halo=job.halo)
         tiled.set_plane(stack.plane(index))
+        failures = store.write_failures
         computed = tiled.precompute(keep_in_memory=False)
+        unwritten = store.write_failures - failures
     return PlaneReport(index=index, tiles=len(tiled.grid), computed=int(computed),
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, unwritten=unwritten,
+                       write_error=store.last_write_error if unwritten else None)
 
 
 def plane_tasks(job: EmbedJob, indices: Iterable | None = None) -> list:
@@ -257,6 +262,11 @@ def _cmd_embed(args) -> int:
         reports = embed_stack(job, indices)
     tiles = sum(r.tiles for r in reports)
     computed = sum(r.computed for r in reports)
+    unwritten = [r for r in reports if r.unwritten]
+    if unwritten:  # a cache run that stored nothing must not look like a success
+        count = sum(r.unwritten for r in unwritten)
+        raise OSError(f"{count} of {computed} computed embeddings could not be written to the cache "
+                      f"({unwritten[0].write_error})")
     done = f"{len(reports)} planes, {tiles} embeddings: {computed} computed, {tiles - computed} already cached"
     print(f"{done} ({time.perf_counter() - start:.1f} s)")
     set_summary(f"{done} in {args.cache}")

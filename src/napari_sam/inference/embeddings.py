@@ -206,6 +206,9 @@ class EmbeddingStore:
         Where lookups were answered from.
     rejected_entries : int
         Disk entries found stale, mismatched or corrupt (and so recomputed / ignored).
+    write_failures : int
+        Computed embeddings that could not be written to the disk cache (full or
+        read-only disk ...); ``last_write_error`` says why, for the last one.
 
     Examples
     --------
@@ -234,6 +237,8 @@ class EmbeddingStore:
         self.memory_hits = 0
         self.disk_hits = 0
         self.rejected_entries = 0
+        self.write_failures = 0
+        self.last_write_error: str | None = None
         self._memory: ByteLRU[Embedding] = ByteLRU(int(memory_mb * 2**20), lambda embedding: embedding.nbytes)
         self._rejected: set[tuple[str, int, int]] = set()
         self._lock = threading.RLock()  # guards the counters and the rejected set
@@ -367,6 +372,9 @@ class EmbeddingStore:
                 write_embedding(path, embedding, signature.to_dict())
             except OSError as error:  # a full or read-only disk must not stop segmentation
                 log.warning("could not write cache entry %s: %s", path, error)
+                with self._lock:  # counted, so that a batch run can say nothing was stored
+                    self.write_failures += 1
+                    self.last_write_error = f"{path}: {error}"
         return embedding
 
     def _read(self, signature: Signature) -> Embedding | None:
