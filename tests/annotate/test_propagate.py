@@ -100,6 +100,25 @@ def test_a_low_predicted_iou_stops_the_object(grey, monkeypatch):
     assert [s.reason[:13] for s in result.stops] == ["predicted IoU"]
 
 
+def test_an_object_that_fades_into_its_surroundings_stops_where_its_contrast_goes(grey):
+    # The stand-in still segments the faint planes 8-11 exactly (grey level 6 on 0): only
+    # the image says the object is gone there (a contrast of 6 / 120 of the seed's).
+    stack = disc_stack(12, [(120, range(2, 8), (32, 32), (7, 7)), (6, range(8, 12), (32, 32), (7, 7))])
+    seed = [Seed(1, 4, box=box_of(stack[4] == 120))]
+    result = propagate(grey, stack, seed)
+    assert result.planes(1) == list(range(2, 8))
+    assert any(s.plane == 8 and s.reason.startswith("contrast 0.05") for s in result.stops)
+    assert propagate(grey, stack, seed, settings=PropagationSettings(min_contrast=0)).planes(1) == list(range(2, 12))
+
+
+def test_an_object_darker_than_its_surroundings_is_followed_through(grey):
+    stack = np.full((10, *SHAPE), 200, np.uint16)
+    for plane in range(10):
+        stack[plane][ellipse(SHAPE, (32, 30 + plane), (7, 7))] = 40
+    result = propagate(grey, stack, [Seed(1, 5, points=np.array([[32.0, 35.0]]))])
+    assert result.planes(1) == list(range(10))
+
+
 def test_a_committed_mask_is_a_seed_and_direction_limits_the_extension(grey):
     stack = disc_stack(16, [(4, range(2, 14), (20, 40), (7, 9))])
     seed = Seed(3, 8, mask=stack[8] == 4)

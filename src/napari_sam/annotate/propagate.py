@@ -49,6 +49,7 @@ from ..inference.embeddings import EmbeddingStore
 from ..inference.predictor import Predictor
 from ..inference.tiling import TiledPredictor
 from .propagate_video import MemoryPropagation, uses_memory
+from .contrast import contrast_ratio, mask_contrast
 from .stack_objects import Division, PlaneMask, StackObjects, Stop, blend, intersection, mask_iou
 
 PROMPT_MODES = ("box", "box+mask", "mask", "points", "points+mask")
@@ -78,6 +79,11 @@ class PropagationSettings:
         Stop when less than this fraction of the new mask lies on the previous one.
     min_area : int
         Stop when the mask has fewer pixels (the object ended).
+    min_contrast : float
+        Stop when the mask's contrast (:func:`~napari_sam.annotate.contrast.mask_contrast`)
+        is below this share of its seed's on the seed's plane (0: never).
+    contrast_ring : int
+        Width in pixels of the ring around a mask that its contrast compares with.
     box_margin : float
         The box prompt is the mask's box grown by this fraction of its size per side (>= 1 px).
     division : one of :data:`DIVISION_MODES`
@@ -97,6 +103,8 @@ class PropagationSettings:
     max_shrink: float = 0.2
     min_overlap: float = 0.5
     min_area: int = 4
+    min_contrast: float = 0.65
+    contrast_ring: int = 3
     box_margin: float = 0.05
     division: str = "ignore"
     division_balance: float = 0.4
@@ -181,8 +189,9 @@ Progress = Callable[[int, int], None]
 class _Track:
     """One object's state while sweeping in one direction."""
 
-    def __init__(self, label: int, mask: PlaneMask, plane: int):
+    def __init__(self, label: int, mask: PlaneMask, plane: int, contrast: float = 0.0):
         self.label, self.mask, self.plane = label, mask, plane
+        self.contrast = contrast  # of the seed on its plane: the reference of the contrast rule
 
 
 class Propagator:
@@ -273,8 +282,12 @@ class Propagator:
             choice = int(np.argmax(ious))
         return PlaneMask.from_mask(candidates.masks[choice]), float(candidates.scores[choice])
 
-    def _check(self, new: PlaneMask, previous: PlaneMask, score: float) -> tuple[str | None, list[PlaneMask]]:
-        """``(stop reason or None, pieces)``: pieces are the connected parts touching ``previous``."""
+    def _check(self, new: PlaneMask, previous: PlaneMask, score: float, image=None,
+               reference: float = 0.0) -> tuple[str | None, list[PlaneMask]]:
+        """``(stop reason or None, pieces)``: pieces are the connected parts touching ``previous``.
+
+        ``image``: ``(plane pixels, rgb)`` for the contrast rule, against ``reference``.
+        """
         s = self.settings
         if score < s.min_score:
             return f"predicted IoU {score:.2f} < {s.min_score}", []
@@ -288,6 +301,12 @@ class Propagator:
         overlap = sum(intersection(p, previous) for p in pieces) / area
         if overlap < s.min_overlap:
             return f"only {overlap:.0%} of the mask lies on the previous one", []
+        if image is not None and s.min_contrast > 0:
+            kept = pieces[0] if len(pieces) == 1 else PlaneMask.from_mask(np.logical_or.reduce(
+                [p.full() for p in pieces]))
+            ratio = contrast_ratio(mask_contrast(image[0], kept, s.contrast_ring, rgb=image[1]), reference)
+            if ratio is not None and ratio < s.min_contrast:
+                return f"contrast {ratio:.2f} of the seed's < {s.min_contrast}", []
         return None, pieces
 
     # ---- the run ------------------------------------------------------------------------
@@ -322,10 +341,13 @@ class Propagator:
         count = len(source)
         result = StackObjects((count, *source.plane_shape))
         by_label: dict[int, dict[int, PlaneMask]] = {}
+        self._contrasts: dict[tuple[int, int], float] = {}
         for seed in seeds:
             if not 0 <= seed.plane < count:
                 raise ValueError(f"seed of label {seed.label} on plane {seed.plane}: the axis has {count} planes")
             mask, score = self._seed_mask(source, seed)
+            self._contrasts[(int(seed.label), int(seed.plane))] = mask_contrast(
+                source.plane(seed.plane), mask, self.settings.contrast_ring, rgb=source.rgb)
             by_label.setdefault(int(seed.label), {})[int(seed.plane)] = mask
             result.masks.setdefault(int(seed.label), {})[int(seed.plane)] = mask
             result.scores.setdefault(int(seed.label), {})[int(seed.plane)] = score
@@ -382,7 +404,7 @@ class Propagator:
                     active.pop(label, None)
                     result.stops.append(Stop(label, direction, plane + direction, "the seed's mask is empty"))
                 elif plane in planes:
-                    active[label] = _Track(label, planes[plane], plane)
+                    active[label] = _Track(label, planes[plane], plane, self._contrasts.get((label, plane), 0.0))
                     ahead = [p for p in planes if (p - plane) * direction > 0]
                     end = (count - 1 if direction > 0 else 0) if extend else plane
                     limit = min(ahead, key=lambda p: abs(p - plane)) - direction if ahead else end
@@ -408,10 +430,11 @@ class Propagator:
                 continue
             step()
             tiled = self._tiled_for(source, plane)
+            image = (source.plane(plane), source.rgb)
             new: dict[int, tuple[list[PlaneMask], float, float]] = {}
             for track in movers:
                 mask, score = self._segment(tiled, track.mask)
-                reason, pieces = self._check(mask, track.mask, score)
+                reason, pieces = self._check(mask, track.mask, score, image, track.contrast)
                 if reason is not None:
                     result.stops.append(Stop(track.label, direction, plane, reason))
                     del active[track.label]
@@ -422,7 +445,7 @@ class Propagator:
             for label, (pieces, score, _) in new.items():
                 if direction > 0 and s.division != "ignore" and self._divides(pieces):
                     daughters = ()
-                    del active[label]
+                    self._contrasts[(label, -1)] = active.pop(label).contrast  # the daughters' reference
                     result.stops.append(Stop(label, direction, plane, "divided"))
                     if s.division == "daughters":
                         daughters = self._start_daughters(pieces, label, plane, score, result, found, active, limits,
@@ -468,7 +491,7 @@ class Propagator:
             result.parents[label] = parent
             found[label] = {plane: piece}
             result.scores.setdefault(label, {})[plane] = score
-            active[label] = _Track(label, piece, plane)
+            active[label] = _Track(label, piece, plane, self._contrasts.get((parent, -1), 0.0))
             limits[label] = limit
         return tuple(daughters)
 
