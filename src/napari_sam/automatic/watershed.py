@@ -4,7 +4,7 @@ The post-processing of micro-sam's instance decoder, written on scipy / scikit-i
 
 1. smooth the foreground map (Gaussian, ``foreground_smoothing``) and both distance maps
    (``distance_smoothing``); Gaussians are truncated at 3 sigma with mirrored borders
-   (``scipy.ndimage`` mode ``"mirror"``), the kernel micro-sam's filters use;
+   (``scipy.ndimage`` mode ``"mirror"``), the kernel micro-sam's filters use, summed in float32;
 2. foreground = smoothed foreground > ``foreground_threshold``;
 3. seeds = connected components (8-connected) of pixels where the centre distance is below
    ``center_distance_threshold`` and the boundary distance below
@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-__all__ = ["WatershedOptions", "instances_from_maps", "remove_small", "smooth"]
+__all__ = ["WatershedOptions", "flood", "instances_from_maps", "remove_small", "smooth"]
 
 # A Gaussian kernel reaches 3 sigma to each side (radius int(3 sigma + 0.5)).
 _TRUNCATE = 3.0
@@ -71,11 +71,35 @@ class WatershedOptions:
 
 
 def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of a 2D map, float32; identity for ``sigma == 0``."""
+    """Gaussian smoothing of a 2D map, float32; identity for ``sigma == 0``.
+
+    A separable kernel of radius ``int(3 sigma + 0.5)`` on mirrored borders (scipy's
+    ``gaussian_filter(mode="mirror", truncate=3)``), summed in float32 as micro-sam's
+    filter does: 2-3x faster than scipy's float64 lines and closer to micro-sam's bits.
+    """
     image = np.asarray(image, dtype=np.float32)
     if sigma <= 0:
         return image
-    return ndimage.gaussian_filter(image, sigma, mode="mirror", truncate=_TRUNCATE)
+    radius = int(_TRUNCATE * sigma + 0.5)
+    if min(image.shape) <= radius:  # mirroring needs more pixels than the radius
+        return ndimage.gaussian_filter(image, sigma, mode="mirror", truncate=_TRUNCATE)
+    taps = np.exp(-0.5 * (np.arange(radius + 1) / sigma) ** 2)
+    taps = (taps / (2 * taps.sum() - taps[0])).astype(np.float32)  # one side of the symmetric kernel
+    height, width = image.shape
+    padded = np.pad(image, radius, mode="reflect")
+    rows = padded[radius : radius + height] * taps[0]
+    pair = np.empty_like(rows)
+    for i in range(1, radius + 1):
+        np.add(padded[radius - i : radius - i + height], padded[radius + i : radius + i + height], out=pair)
+        pair *= taps[i]
+        rows += pair
+    out = rows[:, radius : radius + width] * taps[0]
+    pair = pair[:, :width]
+    for i in range(1, radius + 1):
+        np.add(rows[:, radius - i : radius - i + width], rows[:, radius + i : radius + i + width], out=pair)
+        pair *= taps[i]
+        out += pair
+    return out
 
 
 def instances_from_maps(
@@ -105,8 +129,91 @@ def instances_from_maps(
     boundary = smooth(boundary_distances, options.distance_smoothing)
     seeds = (center < options.center_distance_threshold) & (boundary < options.boundary_distance_threshold) & fg
     markers, _ = ndimage.label(seeds, structure=np.ones((3, 3), bool))
-    labels = watershed(boundary, markers, mask=fg, connectivity=1).astype(np.uint32, copy=False)
-    return remove_small(labels, int(options.min_size))
+    return remove_small(flood(boundary, markers, fg), int(options.min_size))
+
+
+def flood(heights: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seeded watershed (4-connected flooding) of ``heights`` from ``markers`` inside ``mask``.
+
+    Equal to ``skimage.segmentation.watershed(heights, markers, mask=mask, connectivity=1)``
+    for markers inside the mask, but floods only where it has to: a 4-connected piece of the
+    mask holding one marker id becomes that id whole, one holding none stays 0, and only
+    the pieces holding several ids are flooded, their bounding boxes packed onto one canvas.
+    Pieces never meet, and moving a box keeps the raster order of its pixels, so the
+    flooding order within each piece, ties included, is the full call's, provided no two
+    marker pixels of one flooded piece have the same height (skimage's order among those
+    depends on its whole queue; such inputs take the full call). On decoder maps most objects are apart: this
+    is where the time went otherwise.
+
+    Parameters
+    ----------
+    heights : (H, W) float array
+    markers : (H, W) int array
+        0 = no marker; ids > 0, all inside ``mask``.
+    mask : (H, W) bool array
+
+    Returns
+    -------
+    (H, W) uint32 labels (0 outside the mask and in pieces without a marker).
+    """
+    pieces, count = ndimage.label(mask)  # 4-connected: the flooding's own connectivity
+    labels = np.zeros(mask.shape, np.uint32)
+    if count == 0:
+        return labels
+    seeded = markers > 0
+    stride = np.int64(markers.max()) + 1
+    pairs = np.unique(pieces[seeded].astype(np.int64) * stride + markers[seeded])  # distinct (piece, marker)
+    piece, marker = pairs // stride, pairs % stride
+    ids_per_piece = np.bincount(piece, minlength=count + 1)
+    alone = ids_per_piece[piece] == 1
+    lookup = np.zeros(count + 1, np.uint32)
+    lookup[piece[alone]] = marker[alone]
+    labels = lookup[pieces]
+    crowded = np.nonzero(ids_per_piece >= 2)[0]
+    if crowded.size == 0:
+        return labels
+    in_crowded = seeded & (ids_per_piece >= 2)[pieces]
+    # (piece, height) of each marker pixel in a flooded piece, as one int64 key.
+    bits = (heights[in_crowded].astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 is 0.0
+    keys = (pieces[in_crowded].astype(np.int64) << 32) | bits
+    if np.unique(keys).size < keys.size:
+        # skimage queues all marker pixels at once, and among equal heights its order depends
+        # on the whole queue, which packing would change: the whole call then.
+        return watershed(heights, markers, mask=mask, connectivity=1).astype(np.uint32, copy=False)
+    _flood_packed(heights, markers, pieces, crowded, labels)
+    return labels
+
+
+def _flood_packed(heights, markers, pieces, indices, labels) -> None:
+    """Flood the pieces ``indices`` of ``pieces`` in one watershed call, writing into ``labels``.
+
+    Their bounding boxes are packed in rows onto one canvas, a background pixel apart
+    (skimage's set-up costs about as much as flooding a small piece: one call for all).
+    """
+    every_box = ndimage.find_objects(pieces)
+    boxes = [every_box[index - 1] for index in indices]
+    sizes = [(box[0].stop - box[0].start, box[1].stop - box[1].start) for box in boxes]
+    canvas_width = max(pieces.shape[1], max(width for _, width in sizes))
+    places, top, left, row_height = [], 0, 0, 0
+    for height, width in sizes:
+        if left + width > canvas_width:
+            top, left, row_height = top + row_height + 1, 0, 0
+        places.append((slice(top, top + height), slice(left, left + width)))
+        left, row_height = left + width + 1, max(row_height, height)
+    canvas = (top + row_height, canvas_width)
+    canvas_heights = np.zeros(canvas, heights.dtype)
+    canvas_markers = np.zeros(canvas, markers.dtype)
+    canvas_mask = np.zeros(canvas, bool)
+    insides = []
+    for index, box, place in zip(indices, boxes, places):
+        inside = pieces[box] == index
+        insides.append(inside)
+        canvas_heights[place] = heights[box]
+        canvas_markers[place] = np.where(inside, markers[box], 0)
+        canvas_mask[place] = inside
+    flooded = watershed(canvas_heights, canvas_markers, mask=canvas_mask, connectivity=1)
+    for box, place, inside in zip(boxes, places, insides):
+        labels[box][inside] = flooded[place][inside]
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
