@@ -24,3 +24,22 @@ def test_first_layer_image_work_is_reused_across_prompts(monkeypatch):
     for (masks, iou), (masks_plain, iou_plain) in zip(shortcut, plain):
         torch.testing.assert_close(masks, masks_plain, atol=1e-5, rtol=0)
         torch.testing.assert_close(iou, iou_plain, atol=1e-6, rtol=0)
+
+
+def test_pixelwise_upscaling_with_skips_equals_the_transposed_convs(monkeypatch):
+    model = build_tiny_sam2()
+    with torch.no_grad():  # random decoder weights off their init values, so that every term counts
+        for parameter in model.sam_mask_decoder.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    labels = torch.ones(2, 1, dtype=torch.int64)
+    points = torch.tensor([[[30.0, 40.0]], [[90.0, 20.0]]])
+    with torch.inference_mode():
+        shared = model.encode(torch.randn(1, 3, 128, 128))  # one image, two prompts
+        per_image = model.encode(torch.randn(2, 3, 128, 128))  # two images, one prompt each
+        fast = [model.decode(features, points, labels) for features in (shared, per_image, shared)]
+        monkeypatch.setattr(Sam2MaskDecoder, "_pixelwise_upscaling", lambda self: False)
+        plain = [model.decode(features, points, labels) for features in (shared, per_image, shared)]
+    for (masks, iou), (masks_plain, iou_plain) in zip(fast, plain):
+        assert masks.shape == masks_plain.shape == (2, 3, 32, 32)
+        torch.testing.assert_close(masks, masks_plain, atol=1e-5 * float(masks_plain.abs().max()), rtol=0)
+        torch.testing.assert_close(iou, iou_plain)

@@ -19,11 +19,15 @@ SAM 2.1 checkpoints.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..common import MLP, LayerNorm2d
-from ..mask_decoder import MaskDecoder
+from ..kernels import gelu_, linear_weights
+from ..mask_decoder import MaskDecoder, _version
 from ..prompt_encoder import PromptEncoder
 from ..transformer import TwoWayTransformer
 
@@ -161,16 +165,19 @@ class Sam2MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens, first_layer, outputs)
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
 
-        conv1, norm, act1, conv2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res_features
-        src = src.transpose(1, 2).reshape(-1, channels, height, width)
-        upscaled = act1(norm(conv1(src) + feat_s1))
-        upscaled = act2(conv2(upscaled) + feat_s0)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        _, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(-1, up_channels, up_h * up_w)).reshape(batch, -1, up_h, up_w)
+        if not torch.is_grad_enabled() and self._pixelwise_upscaling():
+            masks = self._upscale_pixelwise(src, hyper_in, high_res_features, height, width)
+        else:
+            conv1, norm, act1, conv2, act2 = self.output_upscaling
+            feat_s0, feat_s1 = high_res_features
+            src = src.transpose(1, 2).reshape(-1, channels, height, width)
+            upscaled = act1(norm(conv1(src) + feat_s1))
+            upscaled = act2(conv2(upscaled) + feat_s0)
+            _, up_channels, up_h, up_w = upscaled.shape
+            masks = (hyper_in @ upscaled.reshape(-1, up_channels, up_h * up_w)).reshape(batch, -1, up_h, up_w)
         iou = torch.sigmoid(self.iou_prediction_head(hs[:, 1]))
         object_scores = self.pred_obj_score_head(hs[:, 0])
         return masks, iou, mask_tokens_out, object_scores
@@ -179,6 +186,58 @@ class Sam2MaskDecoder(nn.Module):
     # embedding decoded without a mask prompt and reused by every later prompt (SAM's rule
     # and code: the image tokens, their PE and the dense vector are the same each time).
     _first_layer_image = MaskDecoder._first_layer_image
+
+    _pixelwise_upscaling = MaskDecoder._pixelwise_upscaling
+
+    def _upscale_pixelwise(self, src: torch.Tensor, hyper_in: torch.Tensor,
+                           high_res: tuple[torch.Tensor, torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """Inference: ``output_upscaling`` with the skips, and the mask product, as matrix products.
+
+        As SAM's (``MaskDecoder._upscale_pixelwise``): a 2x2 stride-2 transposed conv maps
+        each input pixel to its own 2x2 output pixels, a linear layer to ``4 * C_out``
+        features; so both convs run on rows ``(i, j, di, dj[, di2, dj2])`` as they come,
+        the skip features are read in that order (strided views, one copy each), and only
+        the K masks are put into image order.
+
+        ``src (B, hw, C)``, ``hyper_in (B, K, C / 8)``, ``high_res`` ``(1 or B, C/8, 4h, 4w)``
+        and ``(1 or B, C/4, 2h, 2w)`` -> masks ``(B, K, 4h, 4w)``.
+        """
+        conv1, norm, _, conv2, _ = self.output_upscaling
+        feat_s0, feat_s1 = high_res
+        batch, tokens, _ = src.shape
+        c1, c2 = conv1.out_channels, conv2.out_channels
+
+        def as_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+            # (C_in, C_out, 2, 2) -> (4 * C_out, C_in), output features ordered (di, dj, c_out)
+            return conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels), conv.bias.repeat(4)
+
+        skip0, skip1 = self._skips_in_row_order(feat_s0, feat_s1, height, width)
+        hidden = linear_weights(src, *as_linear(conv1)).view(-1, height, width, 4 * c1)
+        hidden = (hidden + skip1).view(-1, c1)
+        hidden = gelu_(F.layer_norm(hidden, (c1,), norm.weight, norm.bias, norm.eps))
+        features = linear_weights(hidden, *as_linear(conv2)).view(-1, height, width, 16 * c2)
+        features = gelu_((features + skip0).view(batch, tokens * 16, c2))
+        masks = torch.bmm(features, hyper_in.transpose(1, 2))  # (B, pixels in row order, K)
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(batch, -1, 4 * height, 4 * width)
+
+    def _skips_in_row_order(self, feat_s0: torch.Tensor, feat_s1: torch.Tensor, height: int,
+                            width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The skip features in the pixelwise rows' order, contiguous: ``(1 or B, h, w, 16 * C/8)``
+        (``feat_s0[b, c, 4i + 2di + di2, 4j + 2dj + dj2]`` at ``(b, i, j, (di, dj, di2, dj2, c))``)
+        and ``(1 or B, h, w, 4 * C/4)``. Kept for the latest pair of feature tensors (the
+        same image decoded with many prompts), while neither is modified in place.
+        """
+        key = (feat_s0.data_ptr(), _version(feat_s0), feat_s1.data_ptr(), _version(feat_s1), height, width)
+        memo = self.__dict__.get("_skips_memo")
+        if memo is not None and memo[0]() is feat_s0 and memo[1]() is feat_s1 and memo[2] == key:
+            return memo[3]
+        c0, c1 = feat_s0.shape[1], feat_s1.shape[1]
+        skip0 = feat_s0.view(-1, c0, height, 2, 2, width, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+        skip1 = feat_s1.view(-1, c1, height, 2, width, 2).permute(0, 2, 4, 3, 5, 1)
+        skips = (skip0.reshape(-1, height, width, 16 * c0), skip1.reshape(-1, height, width, 4 * c1))
+        self.__dict__["_skips_memo"] = (weakref.ref(feat_s0), weakref.ref(feat_s1), key, skips)
+        return skips
 
     def stability(self, logits: torch.Tensor) -> torch.Tensor:
         """``(..., H, W)`` logits -> area above ``+delta`` over area above ``-delta`` (1 where both are empty)."""
