@@ -93,7 +93,7 @@ def volume(name: str, predictor: Predictor, settings: PropagationSettings, how: 
             "planes": int(image.shape[0]), "plane_shape": list(image.shape[1:])}
 
 
-def timelapse(predictor: Predictor, settings: PropagationSettings, frames: int) -> dict:
+def timelapse(predictor: Predictor, overrides: dict, frames: int) -> dict:
     image = tifffile.imread(EVAL / "ctc_hela_timelapse" / "hela_t00-19_image.tif")[:frames]
     reference = link(tifffile.imread(EVAL / "ctc_hela_timelapse" / "hela_t00-19_labels.tif")[:frames]).labels
     tracks = [int(v) for v in np.unique(reference[0]) if v]
@@ -101,7 +101,7 @@ def timelapse(predictor: Predictor, settings: PropagationSettings, frames: int) 
     for label in tracks:
         rows, cols = np.nonzero(reference[0] == label)
         seeds.append(Seed(label, 0, box=np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)))
-    settings = PropagationSettings(**{**settings.__dict__, "direction": "forward"})
+    settings = PropagationSettings.for_axis("t", **{**overrides, "direction": "forward"})
     start = time.perf_counter()
     result = Propagator(predictor, settings=settings).run(PlaneSource(image), seeds)
     seconds = time.perf_counter() - start
@@ -129,8 +129,9 @@ def timelapse(predictor: Predictor, settings: PropagationSettings, frames: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--prompt", default="points+mask")
-    parser.add_argument("--min-score", type=float, default=0.5)
+    parser.add_argument("--prompt", default=None, help="default: PropagationSettings.for_axis (z or t)")
+    parser.add_argument("--min-score", type=float, default=None)
+    parser.add_argument("--min-contrast", type=float, default=None)
     parser.add_argument("--seed", choices=["box", "point"], default="box")
     parser.add_argument("--limit", type=int, default=None, help="objects per volume (spread over the ids)")
     parser.add_argument("--frames", type=int, default=20)
@@ -139,11 +140,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     predictor = Predictor(load_model(args.model, device="cpu"))
-    settings = PropagationSettings(prompt=args.prompt, min_score=args.min_score)
-    record = {"model": args.model, "prompt": args.prompt, "min_score": args.min_score, "seed": args.seed, "torch_threads": 2}
+    overrides = {"prompt": args.prompt, "min_score": args.min_score, "min_contrast": args.min_contrast}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = PropagationSettings.for_axis("z", **overrides)
+    record = {"model": args.model, "overrides": overrides, "volume_settings": settings.__dict__,
+              "timelapse_settings": PropagationSettings.for_axis("t", **overrides).__dict__,
+              "seed": args.seed, "torch_threads": 2}
     for name in args.only or ["cells3d_nbsd", "stardist_synthetic3d", "hela"]:
         if name == "hela":
-            record[name] = timelapse(predictor, settings, args.frames)
+            record[name] = timelapse(predictor, overrides, args.frames)
         else:
             record[name] = volume(name, predictor, settings, args.seed, args.limit)
         print(name, json.dumps(record[name]), flush=True)

@@ -95,7 +95,7 @@ def test_a_low_predicted_iou_stops_the_object(grey, monkeypatch):
     stack[:, 0, 0] = np.arange(12)
     monkeypatch.setattr(grey, "predict", unsure_beyond_plane_7)
     result = propagate(grey, stack, [Seed(1, 3, box=box_of(stack[3] == 5))],
-                       settings=PropagationSettings(direction="forward", prefetch=0))
+                       settings=PropagationSettings(direction="forward", prefetch=0, min_score=0.5))
     assert result.planes(1) == [3, 4, 5, 6]
     assert [s.reason[:13] for s in result.stops] == ["predicted IoU"]
 
@@ -117,6 +117,13 @@ def test_an_object_darker_than_its_surroundings_is_followed_through(grey):
         stack[plane][ellipse(SHAPE, (32, 30 + plane), (7, 7))] = 40
     result = propagate(grey, stack, [Seed(1, 5, points=np.array([[32.0, 35.0]]))])
     assert result.planes(1) == list(range(10))
+
+
+def test_time_lapses_get_box_prompts_and_no_contrast_rule_unless_overridden():
+    assert PropagationSettings.for_axis("T") == PropagationSettings(prompt="box", min_contrast=0.0)
+    assert PropagationSettings.for_axis("Z") == PropagationSettings()
+    assert PropagationSettings.for_axis("t", prompt=None, min_contrast=0.3).min_contrast == 0.3
+    assert PropagationSettings.for_axis("z", prompt="box").prompt == "box"
 
 
 def test_a_committed_mask_is_a_seed_and_direction_limits_the_extension(grey):

@@ -8,7 +8,9 @@
 Each ``--point`` / ``--box`` is one object on plane ``I`` of the propagation axis (the
 first axis of the stack unless ``--axis``); objects get ids 1, 2, ... in the order given.
 The stack is read one plane at a time; the output is a label stack of the input's shape
-(colour samples dropped), uint16 (uint32 past 65535 objects).
+(colour samples dropped), uint16 (uint32 past 65535 objects). Along an axis the file
+names ``T`` the time-lapse defaults apply (``PropagationSettings.for_axis``: box prompts,
+no contrast rule); ``--prompt`` / ``--min-contrast`` / ``--min-score`` override them.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def run(args) -> int:
             if not 0 <= seed.plane < len(source):
                 raise SystemExit(f"error: object {seed.label} is on plane {seed.plane}; axis {args.axis} "
                                  f"({stack.axes[args.axis]!r}) has {len(source)} planes")
-        settings = PropagationSettings(prompt=args.prompt, min_score=args.min_score, division=args.division)
+        # The stack's axis letter picks the measured defaults: T (time-lapse) or anything else (volume).
+        settings = PropagationSettings.for_axis(stack.axes[args.axis], prompt=args.prompt, min_score=args.min_score,
+                                                min_contrast=args.min_contrast, division=args.division)
         predictor = make_predictor(load_model(args.model, device=args.device))
         bar = progress_bar(2 * len(source), desc="propagate", unit="plane")
         done = [0]
@@ -131,9 +135,12 @@ def add_propagate_parser(subparsers) -> None:
                      help="indices of the other leading axes, e.g. a channel (default all 0)")
     cmd.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, ...) or checkpoint path")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
-    cmd.add_argument("--prompt", choices=PROMPT_MODES, default="points+mask",
-                     help="how a plane's mask prompts the next plane (default points+mask)")
-    cmd.add_argument("--min-score", type=float, default=0.5, help="stop below this predicted IoU (default 0.5)")
+    cmd.add_argument("--prompt", choices=PROMPT_MODES, default=None,
+                     help="how a plane's mask prompts the next plane (default points+mask; box along a T axis)")
+    cmd.add_argument("--min-score", type=float, default=None, help="stop below this predicted IoU (default 0: never)")
+    cmd.add_argument("--min-contrast", type=float, default=None,
+                     help="stop where the object's contrast with its surroundings falls below this share of the "
+                          "seed's (default 0.65; 0 along a T axis)")
     cmd.add_argument("--division", choices=DIVISION_MODES, default="ignore",
                      help="along time: what a division does (stop the track, or daughters get new ids)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
