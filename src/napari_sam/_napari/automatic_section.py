@@ -140,7 +140,7 @@ def model_decoder(model, mode: str | None):
     from ..automatic.loading import decoder_source, load_decoder
 
     source = decoder_source(model, mode)
-    return None if source is None else load_decoder(source, device=model.device)
+    return None if source is None else load_decoder(source, device=model.device, model=model)
 
 
 def instances_edit(current: np.ndarray, instances: np.ndarray, first_id: int, preserve: bool) -> PlaneEdit:
@@ -177,7 +177,7 @@ class AutomaticSection(JobSection):
         self.decoder = None
 
     def prepare(self):
-        from ..automatic import AmgOptions, AutomaticSegmenter, WatershedOptions
+        from ..automatic import AutomaticSegmenter
 
         widget = self.widget
         image, model = widget.image_layer, widget.model
@@ -190,8 +190,8 @@ class AutomaticSection(JobSection):
 
         def compute(progress, cancel):
             found = decoder if decoder is not None and mode != "amg" else model_decoder(model, mode)
-            segmenter = AutomaticSegmenter(model, found, mode=mode, watershed=WatershedOptions(min_size=size),
-                                           amg=AmgOptions(min_area=size))
+            # The decoder's tuned thresholds (if it has them) with the widget's min size.
+            segmenter = AutomaticSegmenter(model, found, mode=mode, min_size=size)
             return segmenter.segment(L.read_plane(image, ref), progress=progress, cancel=cancel)
 
         def write(instances):

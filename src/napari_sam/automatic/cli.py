@@ -36,7 +36,8 @@ def add_parser(subparsers) -> None:
                           "object (z) or track (t; divisions get new ids, and LABELS.tracks.csv is written beside "
                           "--out with track_id,frame,row,col,parent); auto: tracks when the axis is T")
     cmd.add_argument("--link-iou", type=float, default=0.3, help="with --link: lowest IoU of two linked instances")
-    cmd.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this many pixels")
+    cmd.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many pixels "
+                     "(default: the decoder's tuned value; 0 for AMG)")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     cmd.add_argument("--cache", default=None, help="embedding cache directory (as filled by `napari-sam embed`)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -46,9 +47,7 @@ def add_parser(subparsers) -> None:
 def _cmd_segment_all(args) -> int:
     from ..console import set_summary
     from ..files import atomic_write_tiff
-    from .amg import AmgOptions
     from .segment import SegmentAllJob, job_stack, segment_plane, segment_stack
-    from .watershed import WatershedOptions
 
     from ..files import OutputError, check_output
 
@@ -57,8 +56,7 @@ def _cmd_segment_all(args) -> int:
     except OutputError as error:
         raise SystemExit(f"error: {error}") from None
     job = SegmentAllJob(path=str(args.image), model=args.model, decoder=args.decoder, mode=args.mode,
-                        device=args.device, cache_dir=args.cache,
-                        watershed=WatershedOptions(min_size=args.min_size), amg=AmgOptions(min_area=args.min_size))
+                        device=args.device, cache_dir=args.cache, min_size=args.min_size)
     stack = job_stack(job)
     if args.link:
         return _segment_linked(args, job, stack, out)

@@ -9,7 +9,11 @@ refused):
   same file);
 - a micro-sam decoder file (``vit_b_lm_decoder`` and the like): the decoder's state dict
   itself;
-- a file written by :func:`save_decoder`: ``{"decoder_state": ..., "conventions": ...}``.
+- a file written by :func:`save_decoder`: ``{"decoder_state": ..., "conventions": ...}``, and
+  for decoders trained here (:mod:`.training`) ``"encoder_sha256"`` (the model file it was
+  trained on: :func:`load_decoder` refuses it beside another), ``"watershed"`` (tuned
+  :class:`~.watershed.WatershedOptions`, set as the decoder's ``watershed_options``) and
+  ``"training"`` (a summary of the run).
 
 A decoder read from a micro-sam file follows micro-sam's conventions (per-image batch-norm
 statistics, min-max input scaling; see :mod:`.decoder`); one written by
@@ -28,8 +32,12 @@ from ..checkpoints import CheckpointError
 from ..checkpoints.reading import torch_load_data
 from ..files import atomic_torch_save
 from .decoder import CONVENTIONS, InstanceDecoder, decoder_from_state
+from .watershed import WatershedOptions
 
-__all__ = ["decoder_source", "has_decoder", "load_decoder", "read_decoder_state", "save_decoder"]
+__all__ = [
+    "check_encoder", "decoder_source", "has_decoder", "load_decoder", "read_decoder_info", "read_decoder_state",
+    "save_decoder",
+]
 
 _DECODER_KEY = "base.block.1.weight"  # present in every instance-decoder state
 
@@ -82,27 +90,77 @@ def read_decoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_decoder(path: str | os.PathLike, device: str | torch.device | None = None) -> InstanceDecoder:
+def load_decoder(path: str | os.PathLike, device: str | torch.device | None = None, *, model=None) -> InstanceDecoder:
     """An :class:`InstanceDecoder` from a checkpoint or decoder file, in eval mode.
 
     The architecture comes from the tensors (:func:`~.decoder.decoder_from_state`); the
-    conventions from the file (micro-sam's unless it was written by :func:`save_decoder`).
+    conventions from the file (micro-sam's unless it was written by :func:`save_decoder`);
+    tuned watershed options, when the file has them, become ``decoder.watershed_options``
+    (else the attribute is None).
+
+    Parameters
+    ----------
+    model : ModelFamily, optional
+        The model the decoder will run on: a decoder that records the sha256 of the model
+        file it was trained on is refused with another file (:func:`check_encoder`).
 
     Raises
     ------
     FileNotFoundError, CheckpointError
-        As :func:`read_decoder_state`; CheckpointError also when the tensors do not fit.
+        As :func:`read_decoder_state`; CheckpointError also when the tensors do not fit or
+        the decoder was trained on another encoder.
     """
     state, conventions = _read(path)
     if state is None:
         read_decoder_state(path)  # raises with the full message
+    info = read_decoder_info(path)
+    if model is not None:
+        check_encoder(path, info, model)
     try:
         decoder = decoder_from_state(state, conventions=conventions)
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
+    try:
+        decoder.watershed_options = None if info["watershed"] is None else WatershedOptions(**info["watershed"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable watershed options ({error})") from None
     if device is not None:
         decoder.to(device)
     return decoder
+
+
+def read_decoder_info(path: str | os.PathLike) -> dict:
+    """What a decoder file says besides its tensors: ``{"encoder_sha256": str | None,
+    "watershed": dict | None, "training": dict | None}`` (all None for micro-sam's files)."""
+    loaded = torch_load_data(Path(path))
+    loaded = loaded if isinstance(loaded, Mapping) else {}
+    info = {key: loaded.get(key) for key in ("encoder_sha256", "watershed", "training")}
+    if info["encoder_sha256"] is not None and not isinstance(info["encoder_sha256"], str):
+        raise CheckpointError(f"{path}: 'encoder_sha256' must be a hex string")
+    if info["watershed"] is not None and not isinstance(info["watershed"], Mapping):
+        raise CheckpointError(f"{path}: 'watershed' must be a mapping of WatershedOptions fields")
+    return info
+
+
+def check_encoder(path: str | os.PathLike, info: Mapping, model) -> None:
+    """Refuse a decoder trained on another model file than ``model``'s (one line).
+
+    Nothing is checked when the decoder records no hash (micro-sam's files) or the model
+    was not read from a file (built in memory).
+    """
+    expected = info.get("encoder_sha256")
+    checkpoint = (getattr(model, "metadata", None) or {}).get("checkpoint")
+    if not expected or not checkpoint or not os.path.isfile(checkpoint):
+        return
+    from ..checkpoints.download import sha256_of
+
+    actual = sha256_of(Path(checkpoint))
+    if actual != expected:
+        raise CheckpointError(
+            f"the instance decoder {path} was trained on another encoder (model file sha256 {expected[:12]}..., "
+            f"but {checkpoint} has {actual[:12]}...): retrain it with `python -m napari_sam.automatic.training "
+            f"--model {checkpoint} --out {path}`, or use --mode amg"
+        )
 
 
 def decoder_source(model, mode: str | None = None) -> Path | None:
@@ -136,7 +194,17 @@ def decoder_source(model, mode: str | None = None) -> Path | None:
     return None
 
 
-def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike) -> Path:
-    """Write ``decoder`` atomically as ``{"decoder_state", "conventions"}`` (tensors and a str)."""
+def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike, *, encoder_sha256: str | None = None,
+                 watershed: WatershedOptions | None = None, info: Mapping | None = None) -> Path:
+    """Write ``decoder`` atomically as ``{"decoder_state", "conventions"}`` (tensors and a str),
+    plus, when given, ``"encoder_sha256"``, ``"watershed"`` (the options as a dict) and
+    ``"training"`` (``info``: plain values only, read back with ``weights_only=True``)."""
     state = {k: v.detach().cpu() for k, v in decoder.state_dict().items()}
-    return atomic_torch_save({"decoder_state": state, "conventions": decoder.conventions}, path)
+    payload = {"decoder_state": state, "conventions": decoder.conventions}
+    if encoder_sha256 is not None:
+        payload["encoder_sha256"] = str(encoder_sha256)
+    if watershed is not None:
+        payload["watershed"] = watershed.to_dict()
+    if info is not None:
+        payload["training"] = dict(info)
+    return atomic_torch_save(payload, path)

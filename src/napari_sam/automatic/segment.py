@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,10 +48,13 @@ class AutomaticSegmenter:
         Tiling of large planes (default the model input and an eighth of it).
     normalization : Normalization
         Pixels -> uint8 for the project's conventions (micro-sam decoders scale min-max).
-    watershed : WatershedOptions
-        AIS post-processing.
+    watershed : WatershedOptions, optional
+        AIS post-processing; default the options tuned with the decoder
+        (``decoder.watershed_options``, stored in decoder files trained here), else micro-sam's.
     amg : AmgOptions
         AMG settings.
+    min_size : int, optional
+        When given, replaces ``watershed.min_size`` and ``amg.min_area`` (pixels).
     cache_dir : path, optional
         Read (and write) tile embeddings in this cache, the one ``napari-sam embed`` fills
         (only with the project's normalisation: micro-sam's min-max scaling is another input).
@@ -59,8 +62,8 @@ class AutomaticSegmenter:
 
     def __init__(self, model: ModelFamily, decoder=None, *, mode: str | None = None, tile_size: int | None = None,
                  halo: int | None = None, normalization: Normalization = DEFAULT_NORMALIZATION,
-                 watershed: WatershedOptions = WatershedOptions(), amg: AmgOptions = AmgOptions(),
-                 cache_dir: str | os.PathLike | None = None) -> None:
+                 watershed: WatershedOptions | None = None, amg: AmgOptions = AmgOptions(),
+                 min_size: int | None = None, cache_dir: str | os.PathLike | None = None) -> None:
         mode = mode or ("ais" if decoder is not None else "amg")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -70,6 +73,10 @@ class AutomaticSegmenter:
         self.model, self.decoder, self.mode = model, decoder, mode
         self.tile_size, self.halo = tile_size, halo
         self.normalization = normalization
+        if watershed is None:
+            watershed = getattr(decoder, "watershed_options", None) or WatershedOptions()
+        if min_size is not None:
+            watershed, amg = replace(watershed, min_size=int(min_size)), replace(amg, min_area=int(min_size))
         self.watershed, self.amg = watershed, amg
         self.cache_dir = cache_dir
 
@@ -88,7 +95,7 @@ class AutomaticSegmenter:
 
         model = load_model(name_or_path, device=device)
         source = decoder if decoder is not None else decoder_source(model, kwargs.get("mode"))
-        instance_decoder = None if source is None else load_decoder(source, device=model.device)
+        instance_decoder = None if source is None else load_decoder(source, device=model.device, model=model)
         return cls(model, instance_decoder, **kwargs)
 
     @property
@@ -152,8 +159,11 @@ class SegmentAllJob:
     cache_dir : str, optional
         Embedding cache to read / fill.
     series, level : int
-    watershed : WatershedOptions
+    watershed : WatershedOptions, optional
+        Default: the decoder's tuned options (see :class:`AutomaticSegmenter`).
     amg : AmgOptions
+    min_size : int, optional
+        Replaces ``watershed.min_size`` and ``amg.min_area`` when given.
     """
 
     path: str
@@ -166,8 +176,9 @@ class SegmentAllJob:
     cache_dir: str | None = None
     series: int = 0
     level: int = 0
-    watershed: WatershedOptions = field(default=WatershedOptions())
+    watershed: WatershedOptions | None = None
     amg: AmgOptions = field(default=AmgOptions())
+    min_size: int | None = None
 
 
 _SEGMENTERS: dict = {}
@@ -179,12 +190,12 @@ _TASK_LOCK = threading.Lock()  # tasks in threads of one process take turns on t
 def job_segmenter(job: SegmentAllJob) -> AutomaticSegmenter:
     """The job's segmenter, loaded once per process."""
     key = (job.model, job.decoder, job.mode, job.device, job.tile_size, job.halo, job.cache_dir, job.watershed,
-           job.amg)
+           job.amg, job.min_size)
     with _STATE_LOCK:
         if key not in _SEGMENTERS:
             _SEGMENTERS[key] = AutomaticSegmenter.load(
                 job.model, job.decoder, device=job.device, mode=job.mode, tile_size=job.tile_size, halo=job.halo,
-                watershed=job.watershed, amg=job.amg, cache_dir=job.cache_dir)
+                watershed=job.watershed, amg=job.amg, min_size=job.min_size, cache_dir=job.cache_dir)
         return _SEGMENTERS[key]
 
 
