@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .console import set_summary
-from .files import TIFF_SUFFIXES, atomic_write_tiff, check_output
+from .files import TIFF_SUFFIXES, OutputError, atomic_write_tiff, check_output
 
 
 TRACEBACK_ENV = "NAPARI_SAM_TRACEBACK"  # set to 1 to see the traceback of a failure
@@ -26,6 +26,8 @@ def error_line(error: BaseException) -> str:
     if isinstance(error, MemoryError):
         return "out of memory" + (f" ({message})" if message else "") + "; try a smaller plane or tile, or fewer planes"
     if isinstance(error, ImportError):
+        if "pip install" in message:  # already says what to install (e.g. the text encoder's)
+            return message
         name = getattr(error, "name", None) or message
         return (f"a package this needs is not installed ({name}); for text prompts install the extra: "
                 "pip install 'napari-samscope[text]'")
@@ -92,6 +94,8 @@ def _cmd_segment(args) -> int:
     # without --overwrite, never two outputs on one file, a TIFF name, a writable folder.
     out = check_output(args.out, overwrite=args.overwrite, inputs=[args.image], suffixes=TIFF_SUFFIXES)
     if args.save_image:
+        if os.path.realpath(os.path.expanduser(args.save_image)) == os.path.realpath(out):
+            raise OutputError(f"--save-image {args.save_image} is also --out: give two files (nothing was written)")
         check_output(args.save_image, overwrite=args.overwrite, inputs=[args.image, out], suffixes=TIFF_SUFFIXES,
                      what="--save-image")
 

