@@ -42,6 +42,10 @@ def _complex(path):
     tifffile.imwrite(path, np.ones((48, 48), np.complex64))
 
 
+def _all_nan(path):
+    tifffile.imwrite(path, np.full((48, 48), np.nan, np.float32))
+
+
 def _float_labels(path):
     tifffile.imwrite(path, np.random.default_rng(1).random((48, 48)).astype(np.float32))
 
@@ -56,6 +60,7 @@ CASES = [
     ("b.png", "image", _garbage_png, "cannot read"),
     ("b.tif", "image", _empty, "cannot read"),
     ("b.tif", "image", _complex, "complex64"),
+    ("b.tif", "image", _all_nan, "no finite value"),  # item 6: trained on a blank image and ended "successfully"
     ("b.tif", "labels", _float_labels, "integer"),
     ("b.tif", "image", _other_shape, "does not match"),
 ]

@@ -200,8 +200,11 @@ def samples_from_arrays(
         for position in np.ndindex(*lead):
             plane_name = pair_name + (f"[{','.join(map(str, position))}]" if lead else "")
             plane_labels = _as_instance_labels(label[position], plane_name)
+            plane = image[position]
+            if plane.dtype.kind in "fc" and not np.isfinite(plane).any():  # it would train on a blank image
+                raise ValueError(f"{plane_name}: the image holds no finite value (all NaN or infinite)")
             try:
-                rgb = to_rgb_uint8(image[position])
+                rgb = to_rgb_uint8(plane)
             except ValueError as error:  # e.g. a complex TIFF: say which file, as every other check here does
                 raise ValueError(f"{plane_name}: {error}") from None
             samples.append(Sample(rgb, plane_labels, plane_name))
