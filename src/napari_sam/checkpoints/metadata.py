@@ -8,8 +8,8 @@ architecture before any guessing from the weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from .architecture import Architecture, architecture_from_config
 from .errors import CheckpointError
 
 __all__ = ["METADATA_FORMAT", "METADATA_VERSION", "metadata_path", "read_metadata", "read_paired_metadata", "sidecar_json"]
+
+log = logging.getLogger(__name__)
 
 # Written into every sidecar JSON by save_model, so a file can say what wrote it.
 METADATA_FORMAT = "napari-sam-checkpoint"
@@ -61,7 +63,7 @@ def read_paired_metadata(path: Path, pairing: Mapping[str, str] | None) -> tuple
     whose ``weights_id`` is the weights file's is read as is (hand edits kept). One that
     is not (a save interrupted between its two files, or a weights file copied over
     another) is never used with the wrong weights: the copy the weights file carries
-    stands in for it, with a warning; a file without a copy loads without the sidecar.
+    stands in for it, with a logged warning; a file without a copy loads without the sidecar.
 
     Raises
     ------
@@ -77,8 +79,7 @@ def read_paired_metadata(path: Path, pairing: Mapping[str, str] | None) -> tuple
     if pairing is None:
         if "weights_id" not in sidecar:
             return sidecar, sidecar_file
-        warnings.warn(f"napari-sam: {sidecar_file} was written for other weights than {path}; it is ignored",
-                      stacklevel=3)
+        log.warning("napari-sam: %s was written for other weights than %s; it is ignored", sidecar_file, path)
         return {}, None
     if sidecar_file is not None and sidecar.get("weights_id") == pairing["weights_id"]:
         return sidecar, sidecar_file
@@ -89,8 +90,8 @@ def read_paired_metadata(path: Path, pairing: Mapping[str, str] | None) -> tuple
     if not isinstance(embedded, dict):
         raise CheckpointError(f"{path}: the metadata stored in the file is not a JSON object.")
     if sidecar_file is not None:
-        warnings.warn(f"napari-sam: {sidecar_file} belongs to other weights than {path} (a save interrupted "
-                      f"between the two files?); using the metadata stored in {path.name}", stacklevel=3)
+        log.warning("napari-sam: %s belongs to other weights than %s (a save interrupted between the two "
+                    "files?); using the metadata stored in %s", sidecar_file, path, path.name)
     return embedded, path
 
 
