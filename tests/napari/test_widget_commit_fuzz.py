@@ -200,7 +200,8 @@ class Driver:
         widget.split_check.setChecked(split)
         widget.id_combo.setCurrentIndex(widget.id_combo.findText(SELECTED_ID) if selected else 0)
         existing = [int(v) for v in np.unique(self.history.labels) if v]
-        layer.selected_label = int(rng.choice(existing)) if existing and rng.random() < 0.7 else int(rng.integers(1, 60))
+        pick_existing = existing and rng.random() < 0.7
+        layer.selected_label = int(rng.choice(existing)) if pick_existing else int(rng.integers(1, 60))
         self.idle()  # the split check re-predicts
         session, z = widget.session, self.z
         shown = session is not None and session.result is not None and widget._result_is_current()

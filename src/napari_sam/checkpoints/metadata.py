@@ -17,7 +17,9 @@ from typing import Any
 from .architecture import Architecture, architecture_from_config
 from .errors import CheckpointError
 
-__all__ = ["METADATA_FORMAT", "METADATA_VERSION", "metadata_path", "read_metadata", "read_paired_metadata", "sidecar_json"]
+__all__ = [
+    "METADATA_FORMAT", "METADATA_VERSION", "metadata_path", "read_metadata", "read_paired_metadata", "sidecar_json",
+]
 
 log = logging.getLogger(__name__)
 
