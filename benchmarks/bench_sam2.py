@@ -6,13 +6,17 @@ weights (no checkpoint download needed: speed does not depend on the values). Me
 - encoder per image: the reference's ``SAM2ImagePredictor.set_image`` vs our
   ``Sam2.prepare`` + ``Sam2.encode`` (both include the resize to 1024 and normalisation);
 - prompt -> masks: the reference's ``predict`` (one positive point, three masks, logits at
-  the image size) vs our ``decode`` + bilinear upsampling to the image size.
+  the image size) vs our ``decode`` + bilinear upsampling to the image size;
+- propagation per frame: the reference's ``SAM2VideoPredictor`` (``init_state``, one point
+  on frame 0, ``propagate_in_video``) vs our ``VideoTracker`` (``add_points``,
+  ``propagate``, logits upsampled to the frame), over ``--frames`` frames of a moving
+  disc; the whole run divided by the number of frames (each frame is encoded once in both).
 
 Outputs are compared first (max |difference| of the image embedding and of the logits),
 so the timings are of equal results. Medians over ``--repeats`` / ``--prompts`` runs, the
 two implementations alternating so that load on a shared machine hits both alike.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_sam2.py --size tiny --repeats 3 --prompts 20
+    OMP_NUM_THREADS=2 python benchmarks/bench_sam2.py --size tiny --repeats 3 --prompts 20 --frames 4
 
 Needs the test-only reference install (scripts/test.sh) and tests/ on the path (for the
 torchvision stand-ins).
@@ -57,6 +61,65 @@ def build_pair(size: str):
     return SAM2ImagePredictor(ref_model), ref_model, ours
 
 
+def moving_disc(frames: int, height: int, width: int) -> list[np.ndarray]:
+    """``frames`` uint8 RGB frames: a bright disc moving right over noise."""
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[:height, :width]
+    planes = []
+    for t in range(frames):
+        disc = (rows - height / 2) ** 2 + (cols - width / 3 - 12 * t) ** 2 < (height / 6) ** 2
+        plane = np.clip(rng.normal(60, 10, (height, width)) + 150 * disc, 0, 255).astype(np.uint8)
+        planes.append(np.repeat(plane[..., None], 3, axis=2))
+    return planes
+
+
+def propagation(size: str, ref_model, ours, frames: int, height: int, width: int) -> dict:
+    """Propagation per frame, reference video predictor vs VideoTracker (same weights)."""
+    import sam2.sam2_video_predictor as video_module
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from napari_sam.model.sam2 import VideoTracker
+
+    with torch.random.fork_rng(devices=[]):
+        video = build_sam2_video_predictor(f"configs/sam2.1/sam2.1_hiera_{SIZES[size]}.yaml", None, device="cpu")
+    video.load_state_dict(ref_model.state_dict())
+    with torch.no_grad():  # random weights call every object absent: make it present in both
+        video.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 50.0
+        ours.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 50.0
+    planes = moving_disc(frames, height, width)
+    point = np.array([[width / 3, height / 2]])  # (x, y) on frame 0's disc
+    scale = np.array([ours.image_size / width, ours.image_size / height])
+
+    def read_frames(**kwargs):  # the reference's frame loader, on the same model inputs as ours
+        return torch.cat([ours.prepare(plane)[0] for plane in planes]), height, width
+
+    video_module.load_video_frames = read_frames
+
+    def run_reference():
+        state = video.init_state(video_path="unused")
+        video.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=point, labels=np.array([1]))
+        return {t: m[0] for t, _, m in video.propagate_in_video(state)}
+
+    def run_ours():
+        tracker = VideoTracker(ours, lambda t: ours.prepare(planes[t])[0], num_frames=frames)
+        tracker.add_points(0, obj_id=1, points_xy=point * scale, labels=[1])
+        return {t: F.interpolate(r[1], (height, width), mode="bilinear", align_corners=False)[0]
+                for t, r in tracker.propagate()}
+
+    with torch.inference_mode():
+        times = {"reference": [], "ours": []}
+        start = time.perf_counter()
+        expected = run_reference()
+        times["reference"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        got = run_ours()
+        times["ours"].append(time.perf_counter() - start)
+    diff = max(float((got[t] - expected[t]).abs().max()) for t in range(frames))
+    per_frame = {key: [value / frames for value in values] for key, values in times.items()}
+    return {"frames": frames, "max_abs_diff_logits": diff,
+            "present_frames": sum(float(expected[t].max()) > 0 for t in range(frames)), "times": per_frame}
+
+
 def timed(function) -> float:
     start = time.perf_counter()
     function()
@@ -68,6 +131,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
     parser.add_argument("--repeats", type=int, default=3, help="encoder runs per implementation")
     parser.add_argument("--prompts", type=int, default=20, help="single-point prompts per implementation")
+    parser.add_argument("--frames", type=int, default=4, help="frames of the propagation run (0: skip it)")
     parser.add_argument("--image", type=int, nargs=2, default=(768, 1024), metavar=("H", "W"))
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
@@ -128,6 +192,9 @@ def main() -> None:
         "encoder_per_image": summary(encoder),
         "prompt_to_masks": summary(decode),
     }
+    if args.frames:
+        video = propagation(args.size, ref_model, ours, args.frames, height, width)
+        results["propagation_per_frame"] = {**summary(video.pop("times")), **video}
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
