@@ -42,12 +42,30 @@ from ..inference.tiling import Tile
 from ..model.family import ModelFamily
 from .ais import Progress, SegmentationCancelled, TileEmbedder, _Pixels, tile_grid
 
-__all__ = ["AmgOptions", "MaskCandidate", "generate_masks", "mask_nms", "paint", "point_grid", "segment_everything"]
+__all__ = [
+    "AMG_PRESETS", "SAM_AMG_DEFAULTS", "AmgOptions", "MaskCandidate", "amg_defaults", "generate_masks", "mask_nms", "paint",
+    "point_grid", "segment_everything",
+]
+
+
+#: segment-anything's defaults: every model's, unless :data:`AMG_PRESETS` or its sidecar say otherwise.
+SAM_AMG_DEFAULTS = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88, stability_score_thresh=0.95,
+                        stability_score_offset=1.0, nms_iou_thresh=0.7, min_area=0)
+
+#: Per-model defaults, by ``model.metadata["name"]`` (the sidecar's name for the bundled model).
+#: "default": tuned on 3 of BBBC007's 17P1 plates (benchmarks/tune_amg.py; docs/benchmarks.md):
+#: its 128-px tiles want a sparser grid (12 points a side: one per ~8 px), its predicted IoUs
+#: run lower than SAM's, and its duplicates overlap less, so a stricter NMS removes them.
+AMG_PRESETS: dict[str, dict] = {
+    "default": dict(points_per_side=12, pred_iou_thresh=0.7, nms_iou_thresh=0.2, min_area=30),
+}
 
 
 @dataclass(frozen=True)
 class AmgOptions:
-    """Settings of :func:`segment_everything`; the filters are segment-anything's defaults.
+    """Settings of :func:`segment_everything`. A field left None takes the model's default
+    (:func:`amg_defaults`: its sidecar's ``"amg"`` entry, else :data:`AMG_PRESETS`, else
+    segment-anything's :data:`SAM_AMG_DEFAULTS`); :meth:`resolved` fills them in.
 
     Attributes
     ----------
@@ -68,23 +86,41 @@ class AmgOptions:
         smaller are dropped (0: no cleaning).
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    nms_iou_thresh: float = 0.7
-    min_area: int = 0
+    points_per_side: int | None = None
+    points_per_batch: int | None = None
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+    stability_score_offset: float | None = None
+    nms_iou_thresh: float | None = None
+    min_area: int | None = None
 
     def __post_init__(self) -> None:
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError(f"points_per_side and points_per_batch must be >= 1, got {self.points_per_side}, "
-                             f"{self.points_per_batch}")
-        if self.min_area < 0:
+        for name in ("points_per_side", "points_per_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.min_area is not None and self.min_area < 0:
             raise ValueError(f"min_area must be >= 0 pixels, got {self.min_area}")
+
+    def resolved(self, model=None) -> AmgOptions:
+        """These options with every None replaced by ``model``'s default (:func:`amg_defaults`)."""
+        defaults = amg_defaults(model)
+        return AmgOptions(**{name: defaults[name] if value is None else value for name, value in asdict(self).items()})
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def amg_defaults(model=None) -> dict:
+    """The AMG settings a model runs with by default: segment-anything's, updated by
+    :data:`AMG_PRESETS` for the model's name, then by an ``"amg"`` entry of its sidecar metadata."""
+    metadata = getattr(model, "metadata", None) or {}
+    defaults = dict(SAM_AMG_DEFAULTS)
+    defaults.update(AMG_PRESETS.get(metadata.get("name"), {}))
+    sidecar = metadata.get("amg")
+    if isinstance(sidecar, dict):
+        defaults.update({k: v for k, v in sidecar.items() if k in SAM_AMG_DEFAULTS})
+    return defaults
 
 
 @dataclass
@@ -186,6 +222,7 @@ def generate_masks(
     model : ModelFamily
     plane : (H, W) or (H, W, C) array
     options : AmgOptions
+        None fields take the model's defaults (:meth:`AmgOptions.resolved`).
     tile_size, halo : int, optional
         See :func:`~napari_sam.automatic.ais.tile_grid`.
     conventions : {"napari_sam", "micro_sam"}
@@ -200,6 +237,7 @@ def generate_masks(
     plane = np.asarray(plane)
     if plane.ndim not in (2, 3):
         raise ValueError(f"plane must be (H, W) or (H, W, C), got shape {plane.shape}")
+    options = options.resolved(model)
     grid = tile_grid(model, plane.shape, tile_size, halo)
     pixels = _Pixels(conventions, normalization)
     if embed is None:
