@@ -47,7 +47,7 @@ from .stack_objects import Division, PlaneMask, StackObjects, Stop
 
 def uses_memory(predictor) -> bool:
     """Whether propagation with ``predictor`` runs on SAM 2's memory (the model supports video)."""
-    return bool(getattr(predictor.model, "supports_video", False))
+    return bool(getattr(getattr(predictor, "model", None), "supports_video", False))
 
 
 class _Frames:
