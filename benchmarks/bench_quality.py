@@ -41,6 +41,9 @@ SOURCES = {
     "ctc_hela": ("ctc_hela", "*_image.tif", "HeLa nuclei, 700x1100 uint16 (labels: CTC algorithmic)"),
     "cells3d": ("cells3d_nbsd", "*_image.tif", "3D nuclei 60x256x256 uint16, 2D slices (labels: threshold-like)"),
     "stardist3d": ("stardist_synthetic3d", "*_image.tif", "synthetic 3D nuclei 31x61x57, 2D slices (exact)"),
+    # transmitted light, not fluorescence: report apart from the nuclei sets
+    "ndev_scratch": ("ndev_scratch", "*_image.tif", "oblique-light whole cells 210x576 uint16, frames as planes "
+                     "(labels: algorithmic)"),
 }
 
 
