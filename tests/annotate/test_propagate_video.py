@@ -180,3 +180,16 @@ def test_cli_propagates_with_a_sam2_file(tmp_path, sam2_model, capsys):
                              Seed(2, 2, box=np.array([26.0, 38.0, 42.0, 54.0]))])
     np.testing.assert_array_equal(labels, expected.labels(np.uint16))
     assert "object 1: planes" in capsys.readouterr().out
+
+
+def test_an_empty_seed_mask_is_reported_not_followed(sam2_model):
+    stack = _stack(5)
+    seeds = [Seed(1, 2, mask=np.zeros(SHAPE, bool)), Seed(2, 2, box=np.array([24.0, 36.0, 44.0, 56.0]))]
+    result = Propagator(Predictor(sam2_model), settings=KEEP_ALL).run(PlaneSource(stack), seeds)
+    assert sorted((s.label, s.direction, s.plane, s.reason) for s in result.stops if s.label == 1) == [
+        (1, -1, 1, "the seed's mask is empty"), (1, 1, 3, "the seed's mask is empty")]
+    assert not result.masks[1][2].area and result.planes(2)  # the other object is followed
+    only_empty = Propagator(Predictor(sam2_model), settings=KEEP_ALL).run(PlaneSource(stack), seeds[:1])
+    assert len(only_empty.stops) == 2
+    with pytest.raises(ValueError, match="seed mask of label 1"):
+        Propagator(Predictor(sam2_model)).run(PlaneSource(stack), [Seed(1, 2, mask=np.zeros((3, 3), bool))])

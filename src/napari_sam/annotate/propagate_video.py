@@ -120,11 +120,22 @@ class MemoryPropagation:
         for seed in seeds:
             if not 0 <= seed.plane < count:
                 raise ValueError(f"seed of label {seed.label} on plane {seed.plane}: the axis has {count} planes")
+            if seed.mask is not None and np.shape(seed.mask) != self.shape:
+                raise ValueError(f"seed mask of label {seed.label} is {np.shape(seed.mask)}, planes are {self.shape}")
         self.result = StackObjects((count, *self.shape))
+        self.next_id = int(next_id if next_id is not None else max(int(seed.label) for seed in seeds) + 1)
         self.seed_planes: dict[int, list[int]] = {}
+        followed = []
         for seed in seeds:
-            self.seed_planes.setdefault(int(seed.label), []).append(int(seed.plane))
-        self.next_id = int(next_id if next_id is not None else max(self.seed_planes) + 1)
+            label, plane = int(seed.label), int(seed.plane)
+            if seed.mask is not None and not np.any(seed.mask):  # nothing to follow (as the SAM 1 path)
+                self._record(label, plane, PlaneMask.from_mask(np.asarray(seed.mask, bool)), 1.0)
+                self.result.stops.extend(Stop(label, d, plane + d, "the seed's mask is empty") for d in (1, -1))
+                continue
+            self.seed_planes.setdefault(label, []).append(plane)
+            followed.append(seed)
+        if not followed:
+            return self.result
         self.frames = _Frames(self.model, source, self.predictor.normalization, self.settings.prefetch)
         self.tracker = self._tracker_type(self.model, self.frames, num_frames=count)
         sweeps = self._sweeps(count)
@@ -139,7 +150,7 @@ class MemoryPropagation:
                 progress(min(done[0], total), total)
 
         try:
-            for seed in sorted(seeds, key=lambda s: s.plane):
+            for seed in sorted(followed, key=lambda s: s.plane):
                 self._add_seed(seed)
             for order, starts in sweeps:
                 self._sweep(order, starts, step)
@@ -158,8 +169,6 @@ class MemoryPropagation:
         label, plane, size = int(seed.label), int(seed.plane), self.model.image_size
         if seed.mask is not None:
             mask = np.asarray(seed.mask, bool)
-            if mask.shape != self.shape:
-                raise ValueError(f"seed mask of label {label} is {mask.shape}, planes are {self.shape}")
             self.tracker.add_mask(plane, label, mask)
             output = self.tracker.objects[label].conditioning[plane]
             self._record(label, plane, PlaneMask.from_mask(mask), output.score)
