@@ -63,3 +63,9 @@ def test_segment_all_with_a_named_model_writes_ais_labels(tmp_path, named_pair):
     expected = AutomaticSegmenter.load("tiny_lm", device="cpu").segment(tifffile.imread(image))
     assert labels.shape == (50, 60) and labels.dtype == np.uint32
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_fetch_downloads_a_named_model_and_its_decoder(tmp_path, named_pair, capsys):
+    assert main(["fetch", "tiny_lm"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [str(tmp_path / "cache" / "tiny_lm.pt"), str(tmp_path / "cache" / "tiny_lm_decoder.pt")]
