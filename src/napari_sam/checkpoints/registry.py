@@ -141,8 +141,10 @@ MODELS: dict[str, ModelSpec] = {
 # micro-sam's microscopy models (Archit et al., Nature Methods 2025; CC-BY-4.0 on BioImage.IO).
 # URLs and xxh128 hashes as micro-sam 1.8.14 publishes them in micro_sam/util.py, function
 # models(): hashes in `encoder_registry` / `decoder_registry`, URLs in `encoder_urls` /
-# `decoder_urls`; the numbers below are that file's line numbers. The encoder files are
-# plain SAM state dicts, the decoder files the decoder's state dict (automatic/loading.py).
+# `decoder_urls`; the numbers below are that file's line numbers. The model files load as
+# any micro-sam checkpoint (a state dict, or one under `model_state`); the decoder files are
+# the decoder's state dict, which micro-sam adds as `decoder_state` (automatic/loading.py).
+# No file was downloaded here (no network): the formats follow micro-sam's reader.
 _BIOIMAGE_IO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 _MICRO_SAM = (
     # name, BioImage.IO id/version, xxh128 of the model, hash line, URL line,
