@@ -19,9 +19,10 @@ as a mask prompt; every seed plane of an object is one of its conditioning frame
 An object stops (:class:`~napari_sam.annotate.stack_objects.Stop`) in a direction when its
 predicted IoU is below ``min_score``, when SAM 2's object score says the object is absent
 or its mask has fewer than ``min_area`` pixels, or after
-``max_planes`` planes; it restarts at its next seed. The SAM 1 rules on area and overlap
-(``max_growth``, ``max_shrink``, ``min_overlap``) and the conflict rule do not apply: the
-memory, not the previous mask, says where the object is. Along t, ``division`` works as in
+``max_planes`` planes; it restarts at its next seed. The SAM 1 rules on area, overlap and
+contrast (``max_growth``, ``max_shrink``, ``min_overlap``, ``min_contrast``), the prompt
+mode and the conflict rule do not apply: the memory, not the previous mask, says where
+the object is, and SAM 2's object score says when it has ended. Along t, ``division`` works as in
 the SAM 1 path; a daughter is added to the tracker with its piece as a mask prompt.
 
 Memory stays bounded on long stacks: the tracker keeps the features of the current plane
