@@ -89,7 +89,7 @@ def classical(image: np.ndarray) -> np.ndarray:
     return watershed(-distance, markers, mask=foreground)
 
 
-def segmenters(model_name: str, methods: list[str]) -> dict:
+def segmenters(model_name: str, methods: list[str], decoder: str | None = None) -> dict:
     from napari_sam.automatic import AutomaticSegmenter
 
     found = {}
@@ -98,7 +98,7 @@ def segmenters(model_name: str, methods: list[str]) -> dict:
     if "amg" in methods:
         found["amg"] = AutomaticSegmenter.load(model_name, mode="amg", device="cpu").segment
     if "ais" in methods:
-        ais = AutomaticSegmenter.load(model_name, device="cpu")
+        ais = AutomaticSegmenter.load(model_name, decoder, device="cpu")
         if ais.mode == "ais":
             found["ais"] = ais.segment
         else:
@@ -109,7 +109,7 @@ def segmenters(model_name: str, methods: list[str]) -> dict:
 def quality(args) -> None:
     from napari_sam.automatic.scoring import counts
 
-    methods = segmenters(args.model, args.methods.split(","))
+    methods = segmenters(args.model, args.methods.split(","), args.decoder)
     results = {}
     for source in args.sources.split(","):
         totals, seconds, names = {}, {m: 0.0 for m in methods}, []
@@ -207,6 +207,7 @@ def main() -> None:
     q.add_argument("--limit", type=int, default=3, help="images (or slices) per source")
     q.add_argument("--z-step", type=int, default=10)
     q.add_argument("--hela-crop", type=int, default=512)
+    q.add_argument("--decoder", default=None, help="instance decoder file for ais (default: the model's own)")
     q.add_argument("--out")
     for name in ("memory", "memory-case"):
         m = sub.add_parser(name)
