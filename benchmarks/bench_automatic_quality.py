@@ -12,7 +12,7 @@ counts pooled over a source's images, never over sources). Methods:
 - ``ais``: the model's instance decoder, when it has one (skipped otherwise).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_automatic_quality.py quality --limit 3 --out docs/automatic_quality.json
-    OMP_NUM_THREADS=1 python benchmarks/bench_automatic_quality.py memory
+    OMP_NUM_THREADS=1 python benchmarks/bench_automatic_quality.py memory [--mode amg --points 4]
     OMP_NUM_THREADS=1 python benchmarks/bench_automatic_quality.py speed
 
 3D sources are scored on 2D slices (``--z-step``); CTC HeLa on its top-left 512 x 512 crop
