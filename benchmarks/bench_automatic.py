@@ -101,6 +101,20 @@ def main() -> None:
     nuclei = discs((args.size, args.size), rng.integers(20, args.size - 20, (80, 2)).tolist(), args.size // 40)[1]
     noisy = perfect_maps(nuclei > 0) + rng.normal(0, 0.05, (3, args.size, args.size)).astype(np.float32)
     compare("nuclei-like maps", noisy.astype(np.float32))
+    # Real maps: the shipped default decoder on CTC HeLa (when both are here).
+    import os
+
+    import tifffile
+
+    from napari_sam.automatic import AutomaticSegmenter, decoder_maps
+
+    hela = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
+    hela = hela / "ctc_hela" / "ctc_hela_t19_image.tif"
+    segmenter = AutomaticSegmenter.load("default", device="cpu")
+    if segmenter.mode == "ais" and hela.is_file():
+        plane = tifffile.imread(hela)[: args.size, : args.size]
+        compare("default decoder's maps, CTC HeLa crop",
+                decoder_maps(segmenter.model, segmenter.decoder, plane).astype(np.float32))
 
 
 if __name__ == "__main__":
