@@ -105,3 +105,26 @@ def test_training_images_are_seeded():
     for x, y in zip(a[0] + a[1], b[0] + b[1]):
         np.testing.assert_array_equal(x, y)
     assert all(lab.shape == (64, 64) and lab.max() > 0 for lab in a[1])
+
+
+def test_retune_keeps_the_weights_and_tunes_on_labelled_files(tmp_path, model_file, monkeypatch):
+    import tifffile
+
+    monkeypatch.setattr(training, "TUNING_GRID", SMALL_GRID)
+    first = tmp_path / "first.pt"
+    common = ["--model", model_file, "--batch-size", "4", "--initial-features", "4"]
+    assert training.main(common + ["--out", str(first), "--images", "8", "--steps", "4", "--full-steps", "2",
+                                   "--tune-planes", "1"]) == 0
+    sample = training.training_images(1, (150, 140), seed=9)
+    tifffile.imwrite(tmp_path / "plate_image.tif", sample[0][0])
+    tifffile.imwrite(tmp_path / "plate_labels.tif", sample[1][0].astype(np.uint16))
+    second = tmp_path / "second.pt"
+    assert training.main(common + ["--out", str(second), "--retune", str(first), "--tune-planes", "0",
+                                   "--tune-images", str(tmp_path / "plate_image.tif")]) == 0
+    model = load_model(model_file)
+    tiny.assert_same_state(load_decoder(first, model=model).state_dict(), load_decoder(second, model=model).state_dict())
+    info = read_decoder_info(second)
+    assert info["training"]["tuning"]["planes"] == {"generated": 0, "files": ["plate_image.tif"]}
+    assert info["training"]["steps"] == 4  # the training summary is kept
+    with pytest.raises(FileNotFoundError, match="no labels beside"):
+        training.labelled_images([tmp_path / "plate_labels.tif"])

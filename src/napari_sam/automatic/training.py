@@ -334,9 +334,9 @@ def _validation_loss(decoder: InstanceDecoder, frame: InputFrame, features: torc
 TUNING_GRID = {
     "center_distance_threshold": (0.3, 0.4, 0.5, 0.6),
     "boundary_distance_threshold": (0.3, 0.4, 0.5, 0.6),
-    "foreground_threshold": (0.4, 0.5, 0.6),
+    "foreground_threshold": (0.4, 0.5, 0.6, 0.7),
     "distance_smoothing": (1.0, 1.6),
-    "min_size": (0, 10, 25),
+    "min_size": (0, 10, 25, 50),
 }
 
 
@@ -381,11 +381,39 @@ def tuning_planes(count: int, seed: int, fluorescence_share: float, shape=(256, 
 # --------------------------------------------------------------------------------------
 
 
-def run(model_path: Path, out: Path, settings: DecoderTraining, log=None) -> dict:
+def labelled_images(paths) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Real tuning planes: each ``*_image*`` file with its ``*_labels*`` twin (2D instance labels)."""
+    from ..files import read_image
+
+    images, labels = [], []
+    for path in map(Path, paths):
+        twin = path.with_name(path.name.replace("_image", "_labels"))
+        if twin == path or not twin.is_file():
+            raise FileNotFoundError(f"no labels beside {path} (expected {twin.name})")
+        images.append(np.asarray(read_image(path)))
+        labels.append(np.asarray(read_image(twin)).astype(np.int64))
+    return images, labels
+
+
+def tune(model, decoder, settings: DecoderTraining, tune_images=(), log=None) -> tuple[WatershedOptions, dict]:
+    """Tune the watershed options on ``settings.tune_planes`` generated planes plus ``tune_images``
+    (labelled real files, :func:`labelled_images`), segmented as at inference; counts pooled."""
+    from .ais import decoder_maps
+
+    planes, truths = tuning_planes(settings.tune_planes, settings.seed, settings.fluorescence_share)
+    real_planes, real_truths = labelled_images(tune_images)
+    maps = [decoder_maps(model, decoder, plane) for plane in planes + real_planes]
+    options, tuned = tune_watershed(maps, truths + real_truths, TUNING_GRID)
+    tuned["planes"] = {"generated": len(planes), "files": [Path(p).name for p in tune_images]}
+    _log(f"watershed tuned on {len(planes)} generated planes and {len(real_planes)} files: "
+         f"{options.to_dict()} -> {tuned}", log)
+    return options, tuned
+
+
+def run(model_path: Path, out: Path, settings: DecoderTraining, log=None, tune_images=()) -> dict:
     """Build the set, embed it, train, tune, write ``out``; returns the summary stored in the file."""
     from ..checkpoints import load_model
     from ..checkpoints.download import sha256_of
-    from .ais import decoder_maps
     from .loading import save_decoder
 
     start = time.perf_counter()
@@ -403,10 +431,7 @@ def run(model_path: Path, out: Path, settings: DecoderTraining, log=None) -> dic
     decoder, summary = train_decoder(features[:n], frames[0], targets[:n], settings,
                                      validation=(features[n:], targets[n:]), log=log,
                                      stop_file=out.with_name(out.name + ".stop"))
-    planes, truths = tuning_planes(settings.tune_planes, settings.seed, settings.fluorescence_share)
-    maps = [decoder_maps(model, decoder, plane) for plane in planes]
-    options, tuned = tune_watershed(maps, truths, TUNING_GRID)
-    _log(f"watershed tuned on {len(planes)} generated planes: {options.to_dict()} -> {tuned}", log)
+    options, tuned = tune(model, decoder, settings, tune_images, log)
     summary.update(
         command=COMMAND, settings=settings.__dict__, tuning=tuned,
         total_seconds=round(time.perf_counter() - start, 1), torch=torch.__version__,
@@ -414,6 +439,23 @@ def run(model_path: Path, out: Path, settings: DecoderTraining, log=None) -> dic
     save_decoder(decoder, out, encoder_sha256=sha256_of(model_path), watershed=options,
                  info=json.loads(json.dumps(summary)))
     _log(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {summary['total_seconds']:.0f}s", log)
+    return summary
+
+
+def retune(model_path: Path, decoder_path: Path, out: Path, settings: DecoderTraining, log=None,
+           tune_images=()) -> dict:
+    """Tune a trained decoder's watershed options again (same weights) and write it to ``out``."""
+    from ..checkpoints import load_model
+    from ..checkpoints.download import sha256_of
+    from .loading import load_decoder, read_decoder_info, save_decoder
+
+    model = load_model(str(model_path), device="cpu")
+    decoder = load_decoder(decoder_path, model=model)
+    summary = dict(read_decoder_info(decoder_path)["training"] or {})
+    options, summary["tuning"] = tune(model, decoder, settings, tune_images, log)
+    save_decoder(decoder, out, encoder_sha256=sha256_of(model_path), watershed=options,
+                 info=json.loads(json.dumps(summary)))
+    _log(f"wrote {out} (re-tuned {decoder_path.name})", log)
     return summary
 
 
@@ -427,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("images", "steps", "full_steps", "batch_size", "initial_features", "tune_planes", "seed"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--tune-images", nargs="*", default=[], metavar="IMAGE",
+                        help="labelled real planes (FILE with FILE's '_image' -> '_labels' twin) added to the "
+                             "generated ones when tuning the watershed")
+    parser.add_argument("--retune", default=None, metavar="DECODER",
+                        help="no training: tune this trained decoder's watershed options again and write --out")
     args = parser.parse_args(argv)
     settings = replace(defaults, **{name: getattr(args, name) for name in
                                     ("images", "steps", "full_steps", "batch_size", "initial_features", "tune_planes", "seed",
@@ -434,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     log = open(args.log, "a") if args.log else None
     try:
         _log(f"{' '.join(sys.argv)}\nsettings {settings}", log)
-        run(Path(args.model), Path(args.out), settings, log)
+        if args.retune:
+            retune(Path(args.model), Path(args.retune), Path(args.out), settings, log, args.tune_images)
+        else:
+            run(Path(args.model), Path(args.out), settings, log, args.tune_images)
     finally:
         if log is not None:
             log.close()
