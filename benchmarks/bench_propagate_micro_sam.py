@@ -120,22 +120,22 @@ def main() -> None:
                         continue
                     previous_mask, tiled = PlaneMask.from_mask(previous), warm._tiled_for(source, z)
 
-                    def step_micro_sam():
+                    def micro_sam_step():
                         with torch.inference_mode():
                             mask, _, _ = segment_from_mask(
                                 reference_predictor, previous, image_embeddings=embeddings, i=z, use_mask=use_mask,
                                 use_box=use_box, use_points=use_points, return_all=True, use_single_point=single)
                         return compute_iou(previous, mask)
 
-                    def step_ours():
+                    def our_step():
                         mask, score = stepper._segment(tiled, previous_mask)
                         return stepper._check(mask, previous_mask, score, (source.plane(z), False), 1.0)
 
                     t = time.perf_counter()
-                    step_micro_sam()
+                    micro_sam_step()
                     step_theirs.append(1000 * (time.perf_counter() - t))
                     t = time.perf_counter()
-                    step_ours()
+                    our_step()
                     step_ours.append(1000 * (time.perf_counter() - t))
         theirs_ms, ours_ms, visited = [], [], []
         for _ in range(args.repeats):
@@ -161,9 +161,11 @@ def main() -> None:
                 theirs_ms.append(1000 * (time.perf_counter() - t) / max(planes_theirs, 1))
                 t = time.perf_counter()
                 planes_ours = run_ours()
-                ours_ms.append(1000 * (time.perf_counter() - t) / max(planes_ours, 1))
+                if planes_ours:  # with random weights ours may end at once: no plane to divide by
+                    ours_ms.append(1000 * (time.perf_counter() - t) / planes_ours)
                 visited.append((planes_theirs, planes_ours))
-        theirs, ours = statistics.median(theirs_ms), statistics.median(ours_ms)
+        theirs = statistics.median(theirs_ms)
+        ours = statistics.median(ours_ms) if ours_ms else float("nan")
         step_t, step_o = statistics.median(step_theirs), statistics.median(step_ours)
         record["modes"][mode] = {
             "micro_sam_projection": MODES[mode],
@@ -171,7 +173,8 @@ def main() -> None:
             "volume": {"micro_sam_ms_per_plane": theirs, "ours_ms_per_plane": ours, "speedup": theirs / ours,
                        "planes_visited_micro_sam_ours": visited}}
         print(f"{mode:12s} step: micro-sam {step_t:7.1f} ms, ours {step_o:7.1f} ms: {step_t / step_o:.2f}x | "
-              f"volume: micro-sam {theirs:7.1f} ms/plane, ours {ours:7.1f} ms/plane: {theirs / ours:.2f}x", flush=True)
+              f"volume: micro-sam {theirs:7.1f} ms/plane, ours {ours:7.1f} ms/plane: {theirs / ours:.2f}x "
+              f"(planes visited {visited})", flush=True)
     print(json.dumps(record))
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
