@@ -157,3 +157,26 @@ def test_cli_link_refuses_a_plane_and_keeps_an_existing_tracks_table(tmp_path, r
     with pytest.raises(SystemExit, match="--overwrite"):
         main(["segment-all", str(image), "--out", str(out), "--model", model_file, "--mode", "amg", "--link"])
     assert tracks_path(out).read_text() == "keep me" and not out.exists()
+
+
+def test_cli_link_runs_the_real_per_plane_segmentation(tmp_path, model_file, monkeypatch):
+    from napari_sam.automatic import amg
+
+    original = amg.AmgOptions.__post_init__
+
+    def fewer(self):  # the tiny random model needs only a few grid points to be exercised
+        object.__setattr__(self, "points_per_side", 4)
+        original(self)
+
+    monkeypatch.setattr(amg.AmgOptions, "__post_init__", fewer)
+    planes = (np.stack([ellipse(SHAPE, (20, 20 + t), (8, 8)) for t in range(3)]) * 200).astype(np.uint8)
+    image = tmp_path / "movie.tif"
+    tifffile.imwrite(image, planes, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "linked.tif"
+    assert main(["segment-all", str(image), "--out", str(out), "--model", model_file, "--mode", "amg", "--link"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == planes.shape and labels.dtype == np.uint32
+    # The random model may find anything (or nothing): the table matches the labels it wrote.
+    data, _ = read_tracks_csv(tracks_path(out))
+    assert {int(t) for t in data[:, 0]} == {int(v) for v in np.unique(labels) if v}
+    assert tifffile.TiffFile(out).pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK

@@ -96,7 +96,8 @@ def _segment_linked(args, job, stack, out) -> int:
     start = time.perf_counter()
     per_plane = segment_stack(job, list(stack.plane_indices()))
     linked = link_planes(per_plane, kind, iou_floor=args.link_iou)
-    atomic_write_tiff(out, np.ascontiguousarray(linked.labels))
+    # minisblack: tifffile would take a stack of 3 or 4 planes for RGB(A) samples
+    atomic_write_tiff(out, np.ascontiguousarray(linked.labels), photometric="minisblack")
     count = len(np.unique(linked.labels)) - int((linked.labels == 0).any())
     what = "tracks" if kind == "tracks" else "3D objects"
     written = f"wrote {out}: {count} {what} in labels of shape {linked.labels.shape}"

@@ -126,7 +126,10 @@ def write_tracks_csv(path: str | os.PathLike, linked: Linked) -> Path:
 
 def read_tracks_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, list[int]]]:
     """napari Tracks ``data`` ``(K, 4)`` (id, frame, row, col) and ``graph`` from a tracks CSV."""
-    rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    lines = Path(path).read_text().splitlines()
+    if not lines or lines[0].strip() != ",".join(TRACKS_HEADER):
+        raise ValueError(f"{path}: expected the header {','.join(TRACKS_HEADER)}")
+    rows = np.loadtxt(lines[1:], delimiter=",", ndmin=2) if len(lines) > 1 else np.zeros((0, len(TRACKS_HEADER)))
     if rows.size and rows.shape[1] != len(TRACKS_HEADER):
         raise ValueError(f"{path}: expected the columns {','.join(TRACKS_HEADER)}")
     rows = rows.reshape(-1, len(TRACKS_HEADER))
