@@ -111,7 +111,7 @@ def run(args) -> int:
         print(f"object {label}: {span} ({len(planes)} planes)")
     for division in result.divisions:
         print(f"object {division.parent} divides on plane {division.plane}")
-    atomic_write_tiff(out, labels)
+    atomic_write_tiff(out, labels, photometric="minisblack")  # never RGB, whatever the plane count
     set_summary(f"wrote {out}: {len(result.labels_ids)} object{'' if len(result.labels_ids) == 1 else 's'} "
                 f"through {len(result.planes())} planes of {shape}")
     return 0

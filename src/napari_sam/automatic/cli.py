@@ -69,7 +69,7 @@ def _cmd_segment_all(args) -> int:
             raise SystemExit(
                 f"error: {args.image} is a stack of shape {stack.shape} ({stack.axes}); choose --plane N or --all-planes")
         labels = segment_plane(job, args.plane or ())
-    atomic_write_tiff(out, np.ascontiguousarray(labels))
+    atomic_write_tiff(out, np.ascontiguousarray(labels), photometric="minisblack")  # a 3-plane stack is not RGB
     count = int(labels.max()) if labels.size else 0
     set_summary(f"wrote {out}: labels of shape {labels.shape}, up to {count} objects per plane")
     print(f"segment-all {time.perf_counter() - start:.1f} s; wrote {out} {labels.shape} uint32")
