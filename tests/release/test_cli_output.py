@@ -156,7 +156,7 @@ def test_fetch_into_a_log_uses_line_progress(monkeypatch, tmp_path):
         pass
 
     class Downloader:
-        def __init__(self, url, progressbar):
+        def __init__(self, url, progressbar, algorithm):
             seen["progressbar"] = progressbar
 
     def retrieve(*args, **kwargs):
