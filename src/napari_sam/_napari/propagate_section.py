@@ -4,6 +4,11 @@ The work is :class:`~napari_sam.annotate.propagate.Propagator`'s; this module pi
 seeds on the shown plane (the shown candidate(s), else the labels layer's selected label,
 or every label of the plane), runs it in a worker and writes the result as one undoable
 ``Labels.data_setitem`` (:meth:`~napari_sam.annotate.stack_objects.StackObjects.edit`).
+
+The "stack" choice, volume (z) or time-lapse (t), picks the measured defaults of
+:meth:`~napari_sam.annotate.propagate.PropagationSettings.for_axis`; it follows the chosen
+axis's label (:func:`axis_kind`) whenever the image or the axis changes, and the user can
+change it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,42 @@ from ..annotate.propagate import PlaneSource, PropagationSettings, Propagator, S
 
 CURRENT, ALL = "current", "all"
 DIRECTIONS = (("both", "both"), ("up (+)", "forward"), ("down (-)", "backward"))
+KINDS = (("volume (z)", "z"), ("time-lapse (t)", "t"))
+TIME_NAMES = ("t", "time", "times", "frame", "frames", "timepoint", "timepoints", "time point")
+DEPTH_NAMES = ("z", "depth", "plane", "planes", "slice", "slices")
+
+
+def label_kind(label) -> str | None:
+    """``"t"`` for a label naming time (t, time, frame, ...), ``"z"`` for depth (z, slice, ...), else None."""
+    text = str(label).strip().lower()
+    return "t" if text in TIME_NAMES else "z" if text in DEPTH_NAMES else None
+
+
+def axis_names(image, axis: int, dims_labels=None) -> list[str]:
+    """The names given to the image's data axis ``axis``, most specific first: the layer's
+    ``axis_labels``, the viewer's label of the same world axis (``dims_labels``,
+    ``viewer.dims.axis_labels``: what the slider shows), the TIFF axis letter this plugin's
+    reader keeps in ``metadata["axes"]`` (e.g. ``"TZYX"``)."""
+    names = []
+    layer_labels = tuple(getattr(image, "axis_labels", ()) or ())
+    if len(layer_labels) == image.ndim:
+        names.append(str(layer_labels[axis]))
+    if dims_labels is not None and len(dims_labels) >= image.ndim:
+        names.append(str(dims_labels[axis + len(dims_labels) - image.ndim]))  # layers fill the last world axes
+    letters = str((getattr(image, "metadata", None) or {}).get("axes") or "")
+    if len(letters) == image.ndim + (1 if image.rgb else 0):  # the reader's letters: one per data axis
+        names.append(letters[axis])
+    return names
+
+
+def axis_kind(image, axis: int, dims_labels=None) -> str:
+    """``"t"`` when the first of :func:`axis_names` that names z or t names time, else ``"z"``
+    (default labels such as ``"-3"`` or ``"0"`` name neither)."""
+    for name in axis_names(image, axis, dims_labels):
+        kind = label_kind(name)
+        if kind is not None:
+            return kind
+    return "z"
 
 
 def propagation_axes(image, channel_axis: int | None) -> list[int]:
@@ -62,6 +103,15 @@ class PropagateSection(JobSection):
         self.object_combo.setToolTip("current object: the shown candidate, else the labels layer's selected label")
         self.axis_spin = QSpinBox()
         self.axis_spin.setToolTip("The image axis (data order) to propagate along, e.g. 0 for z in (z, y, x)")
+        self.kind_combo = QComboBox()
+        for text, kind in KINDS:
+            self.kind_combo.addItem(text, kind)
+        self.kind_combo.setToolTip(
+            "volume (z): points inside the previous mask and the mask prompt the next plane; stops where the "
+            "object no longer stands out (contrast).\ntime-lapse (t): the previous mask's box prompts the next "
+            "frame; no contrast rule.\nSet from the axis label (t / time / frame) when the image or axis changes. "
+            "A SAM 2 model follows objects with its memory: the prompt and contrast rules do not apply.")
+        self._kind_for = None  # (image layer id, axis, its names) the stack choice was last set from
         self.direction_combo = QComboBox()
         for text, direction in DIRECTIONS:
             self.direction_combo.addItem(text, direction)
@@ -71,12 +121,14 @@ class PropagateSection(JobSection):
         self.min_score_spin.setValue(PropagationSettings.min_score)
         self.min_score_spin.setToolTip("Stop where the model's predicted IoU falls below this")
         super().__init__(widget, "Propagate", "Propagate", [
-            ("object", self.object_combo), ("axis", self.axis_spin), ("direction", self.direction_combo),
-            ("min score", self.min_score_spin)])
+            ("object", self.object_combo), ("axis", self.axis_spin), ("stack", self.kind_combo),
+            ("direction", self.direction_combo), ("min score", self.min_score_spin)])
         self.run_button.setToolTip("Segment the object(s) on the neighbouring planes (Ctrl+Z undoes it)")
         self.predictor = None
         widget.image_combo.layer_changed.connect(self._update_axes)
         widget.channel_axis_combo.currentIndexChanged.connect(self._update_axes)
+        self.axis_spin.valueChanged.connect(self._update_kind)
+        widget.viewer.dims.events.axis_labels.connect(self._update_kind)
         self._update_axes()
 
     def _update_axes(self, *_) -> None:
@@ -87,6 +139,19 @@ class PropagateSection(JobSection):
         if axes and self.axis_spin.value() not in axes:
             self.axis_spin.setValue(axes[0])
         self.run_button.setEnabled(bool(axes) and self.worker is None)
+        self._update_kind()
+
+    def _update_kind(self, *_) -> None:
+        """Set the stack choice from the axis's names when the image, the axis or a name
+        changed; a choice the user made stays otherwise (e.g. when a labels layer is added)."""
+        image = self.widget.image_layer
+        if image is None:
+            return
+        axis, dims_labels = int(self.axis_spin.value()), tuple(self.widget.viewer.dims.axis_labels)
+        key = (id(image), axis, tuple(axis_names(image, axis, dims_labels)))
+        if key != self._kind_for:
+            self._kind_for = key
+            self.kind_combo.setCurrentIndex(self.kind_combo.findData(axis_kind(image, axis, dims_labels)))
 
     def prepare(self):
         widget = self.widget
@@ -110,8 +175,10 @@ class PropagateSection(JobSection):
             labels_plane, selected = L.read_labels_plane(labels, index), int(labels.selected_label)
         seeds = plane_seeds(session, ref, labels_plane, selected or 0, self.object_combo.currentData(),
                             1 if labels is None else L.next_label_id(labels), ref.index[axis])
-        settings = PropagationSettings(direction=self.direction_combo.currentData(),
-                                       min_score=float(self.min_score_spin.value()))
+        # The stack choice picks the measured defaults (time-lapse: box prompts, no contrast rule).
+        settings = PropagationSettings.for_axis(self.kind_combo.currentData(),
+                                                direction=self.direction_combo.currentData(),
+                                                min_score=float(self.min_score_spin.value()))
         if self.predictor is not None:
             propagator = Propagator(self.predictor, settings=settings)
         else:
