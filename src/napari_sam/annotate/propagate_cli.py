@@ -11,6 +11,10 @@ The stack is read one plane at a time; the output is a label stack of the input'
 (colour samples dropped), uint16 (uint32 past 65535 objects). Along an axis the file
 names ``T`` the time-lapse defaults apply (``PropagationSettings.for_axis``: box prompts,
 no contrast rule); ``--prompt`` / ``--min-contrast`` / ``--min-score`` override them.
+
+With a SAM 2.1 model the objects are followed with SAM 2's memory
+(:mod:`~napari_sam.annotate.propagate_video`); ``--prompt`` and ``--min-contrast`` do not
+apply then (:data:`SAM2_NOTE`, the end of ``--help``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import argparse
 import numpy as np
 
 from ..cli import parse_numbers as _numbers
+
+
+SAM2_NOTE = (
+    "With a SAM 2.1 model (--model sam2.1_hiera_tiny, _small, _base_plus or _large, or a SAM 2.1 file with its "
+    "memory modules) the objects are followed with SAM 2's memory: the planes are the frames of a video, every "
+    "object is tracked at once, and each whole plane is stretched to the model's input (no tiles). An object "
+    "stops where its predicted IoU is below --min-score, where SAM 2's object score says it is absent, or where "
+    "its mask has fewer than 4 pixels. The SAM 1 rules do not apply then: --prompt and --min-contrast are "
+    "ignored, as are the stops on area jumps and on leaving the previous mask; --division works as with SAM 1.")
 
 
 def _point(text: str) -> tuple[str, int, tuple[float, ...]]:
@@ -123,7 +136,7 @@ def add_propagate_parser(subparsers) -> None:
 
     cmd = subparsers.add_parser(
         "propagate", help="segment objects through the planes of a stack (z or t) from one prompt each",
-        description=__doc__.split("\n\n")[0])
+        description=__doc__.split("\n\n")[0], epilog=SAM2_NOTE)
     cmd.add_argument("stack", help="TIFF stack (read one plane at a time)")
     cmd.add_argument("--point", dest="objects", type=_point, action="append", default=[],
                      help="one object from a positive point on plane I: I,ROW,COL (repeatable)")
@@ -133,14 +146,16 @@ def add_propagate_parser(subparsers) -> None:
     cmd.add_argument("--axis", type=int, default=0, help="the propagation axis among the leading axes (default 0)")
     cmd.add_argument("--at", type=_indices, default=None,
                      help="indices of the other leading axes, e.g. a channel (default all 0)")
-    cmd.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, ...) or checkpoint path")
+    cmd.add_argument("--model", default="default", help="model name (default, vit_t, vit_b, sam2.1_hiera_tiny, ...) or checkpoint path "
+                          "(a SAM 2.1 model propagates with its memory, see below)")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     cmd.add_argument("--prompt", choices=PROMPT_MODES, default=None,
-                     help="how a plane's mask prompts the next plane (default points+mask; box along a T axis)")
+                     help="how a plane's mask prompts the next plane (default points+mask; box along a T axis; "
+                          "ignored with a SAM 2.1 model)")
     cmd.add_argument("--min-score", type=float, default=None, help="stop below this predicted IoU (default 0: never)")
     cmd.add_argument("--min-contrast", type=float, default=None,
                      help="stop where the object's contrast with its surroundings falls below this share of the "
-                          "seed's (default 0.65; 0 along a T axis)")
+                          "seed's (default 0.65; 0 along a T axis; ignored with a SAM 2.1 model)")
     cmd.add_argument("--division", choices=DIVISION_MODES, default="ignore",
                      help="along time: what a division does (stop the track, or daughters get new ids)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
