@@ -79,15 +79,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 0) -> dict:
+def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 0, texts=()) -> dict:
     """Mean IoU per object from one interior point and from the box; ``erode`` > 0 shrinks
     every predicted mask by that many pixels before scoring (an analysis of outline
-    conventions, not something the product does)."""
+    conventions, not something the product does). For each phrase of ``texts``, the mask of
+    text alone against the union of the plane's labels, averaged over planes."""
 
     def shrink(mask: np.ndarray) -> np.ndarray:
         return ndimage.binary_erosion(mask, iterations=erode) if erode else mask
 
     point_ious, box_ious, seconds = [], [], 0.0
+    text_ious = {phrase: [] for phrase in texts}
     for name, image, labels in planes(source, z_step):
         start = time.perf_counter()
         if isinstance(segmenter, TiledPredictor):
@@ -97,8 +99,10 @@ def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 
         for mask, point, box in objects(labels, min_pixels):
             point_ious.append(iou(shrink(segmenter.predict(points=[point]).best), mask))
             box_ious.append(iou(shrink(segmenter.predict(box=box).best), mask))
+        for phrase in texts:
+            text_ious[phrase].append(iou(segmenter.predict(text=phrase).best, labels > 0))
         seconds += time.perf_counter() - start
-    return {
+    row = {
         "source": source,
         "description": SOURCES[source][2],
         "objects": len(point_ious),
@@ -106,6 +110,10 @@ def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 
         "box_miou": float(np.mean(box_ious)),
         "seconds": round(seconds, 1),
     }
+    if texts:
+        row["text_alone_iou"] = {phrase: float(np.mean(values)) for phrase, values in text_ious.items()}
+        row["text_planes"] = len(next(iter(text_ious.values())))
+    return row
 
 
 def main() -> None:
@@ -121,6 +129,9 @@ def main() -> None:
     parser.add_argument("--erode", type=int, default=0,
                         help="shrink every predicted mask by this many pixels before scoring (analysis of "
                              "label outline conventions; 0: the masks as predicted)")
+    parser.add_argument("--text", nargs="*", default=[],
+                        help="also score text alone with these phrases (e.g. nucleus nuclei) against the union "
+                             "of each plane's labels")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -131,10 +142,11 @@ def main() -> None:
         segmenter = Predictor(model, mode="tiles" if args.mode == "api" else "whole")
     report = {"model": args.model, "mode": args.mode, "command": " ".join(["python"] + sys.argv), "results": []}
     for source in args.sources:
-        row = evaluate(segmenter, source, args.z_step, args.min_pixels, args.erode)
+        row = evaluate(segmenter, source, args.z_step, args.min_pixels, args.erode, args.text)
         report["results"].append(row)
+        texts = "".join(f"  text {phrase!r} {value:.3f}" for phrase, value in row.get("text_alone_iou", {}).items())
         print(f"{source:11s} objects {row['objects']:5d}  point mIoU {row['point_miou']:.3f}  "
-              f"box mIoU {row['box_miou']:.3f}  ({row['seconds']} s)", flush=True)
+              f"box mIoU {row['box_miou']:.3f}{texts}  ({row['seconds']} s)", flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
