@@ -36,6 +36,20 @@ def model_file(tmp_path_factory) -> str:
 
 
 @pytest.fixture()
+def served(tmp_path, monkeypatch):
+    """A folder served over HTTP on 127.0.0.1 (:func:`local_http.serve`), with proxies
+    bypassed; yields ``(folder, base_url)``."""
+    from local_http import serve
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    with serve(folder) as base_url:
+        yield folder, base_url
+
+
+@pytest.fixture()
 def grey_stack(tmp_path):
     """A TIFF of three grey 60 x 80 uint16 planes (stored as a stack, not as RGB)."""
     import numpy as np

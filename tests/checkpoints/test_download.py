@@ -5,11 +5,8 @@ Nothing here reaches the internet: downloads come from an http.server on 127.0.0
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,30 +22,6 @@ from napari_sam.checkpoints import (
     registry,
 )
 from tiny import assert_same_state
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A folder served over HTTP on 127.0.0.1; yields (folder, base_url)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 import torch
 import xxhash
 
-from local_http import serve
 from napari_sam.checkpoints import (
     CACHE_ENV_VAR,
     DECODERS,
@@ -26,16 +25,6 @@ from napari_sam.checkpoints import (
 
 MICRO_SAM_NAMES = ["vit_t_lm", "vit_b_lm", "vit_l_lm", "vit_t_em_organelles", "vit_b_em_organelles",
                    "vit_l_em_organelles"]
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    folder = tmp_path / "served"
-    folder.mkdir()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    with serve(folder) as base_url:
-        yield folder, base_url
 
 
 @pytest.fixture

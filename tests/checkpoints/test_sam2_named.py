@@ -3,11 +3,8 @@ load through the registry (from an http.server on 127.0.0.1; nothing reaches the
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
-import threading
 from dataclasses import replace
 
 import pytest
@@ -33,28 +30,11 @@ def test_the_four_sam2_1_models_are_named_with_their_official_urls_and_hashes():
     assert sizes == sorted(sizes) and len(set(MODELS[n].sha256 for n in NAMES)) == 4
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def served(tmp_path, monkeypatch):
-    """(folder, base URL) of an http.server on 127.0.0.1, and the cache in tmp_path/cache."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+def served(served, tmp_path, monkeypatch):
+    """The shared 127.0.0.1 server (conftest), with the cache in tmp_path/cache."""
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    return served
 
 
 def _serve_as(monkeypatch, name, url, data: bytes):
