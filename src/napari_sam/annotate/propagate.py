@@ -70,6 +70,22 @@ class PropagationCancelled(Exception):
     """The caller's ``cancel()`` said stop; nothing was written anywhere."""
 
 
+def step_counter(total: int, progress: Callable[[int, int], None] | None,
+                 cancel: Callable[[], bool] | None) -> Callable[[], None]:
+    """Call once per plane: :class:`PropagationCancelled` if ``cancel()``, else ``progress``."""
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        if cancel is not None and cancel():
+            raise PropagationCancelled("propagation cancelled")
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total)
+
+    return step
+
+
 @dataclass(frozen=True)
 class PropagationSettings:
     """Prompting and stopping rules (see the module docstring).
@@ -372,14 +388,7 @@ class Propagator:
             result.scores.setdefault(int(seed.label), {})[int(seed.plane)] = score
         self._next_id = int(next_id if next_id is not None else max(by_label) + 1)
         total = 2 * count
-        done = [0]
-
-        def step() -> None:
-            if cancel is not None and cancel():
-                raise PropagationCancelled("propagation cancelled")
-            done[0] += 1
-            if progress is not None:
-                progress(min(done[0], total), total)
+        step = step_counter(total, progress, cancel)
 
         executor = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if self.settings.prefetch else None
         try:

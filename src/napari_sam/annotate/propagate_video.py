@@ -112,7 +112,7 @@ class MemoryPropagation:
     def run(self, source, seeds: Sequence, *, progress: Callable[[int, int], None] | None = None,
             cancel: Callable[[], bool] | None = None, next_id: int | None = None) -> StackObjects:
         """As :meth:`Propagator.run <napari_sam.annotate.propagate.Propagator.run>`."""
-        from .propagate import PropagationCancelled
+        from .propagate import step_counter
 
         if not seeds:
             raise ValueError("no object to propagate: give at least one seed")
@@ -141,14 +141,7 @@ class MemoryPropagation:
         self.tracker = self._tracker_type(self.model, self.frames, num_frames=count)
         sweeps = self._sweeps(count)
         total = max(sum(len(order) for order, _ in sweeps), 1)
-        done = [0]
-
-        def step() -> None:
-            if cancel is not None and cancel():
-                raise PropagationCancelled("propagation cancelled")
-            done[0] += 1
-            if progress is not None:
-                progress(min(done[0], total), total)
+        step = step_counter(total, progress, cancel)
 
         try:
             for seed in sorted(followed, key=lambda s: s.plane):
