@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .painting import _grain, _quantise, _smooth_field, _texture_field
+from .painting import _grain, _quantise, _smooth_field, _texture_field, _transmitted_light
 from .shapes import _col
 
 #: Modalities this module paints; :mod:`.painting` paints the others.
@@ -109,7 +109,6 @@ def finish_phase_contrast(canvases, labels, spacing, dtype, style, rng):
     """Phase-contrast image from the objects' phase: dark objects, bright outer halos."""
     phase, _, texture = canvases
     shape = labels.shape
-    h, w = shape
     if texture.any():
         phase *= _grain(texture, spacing, style, rng)
     sharp = ndi.gaussian_filter(phase, style["psf_sigma"], truncate=3.0)
@@ -124,8 +123,7 @@ def finish_phase_contrast(canvases, labels, spacing, dtype, style, rng):
     contrast = -style["depth"] * sharp + style["halo"] * ring
     if style["inverted"]:
         contrast = -contrast
-    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w)))
-    dirt = rng.uniform(0.0, 0.02) * _smooth_field(shape, rng, 10.0)
+    illumination, dirt = _transmitted_light(shape, style, rng, 0.02, 10.0)
     return _camera(illumination * (1 + dirt + contrast), dtype, style, rng)
 
 
@@ -133,15 +131,13 @@ def finish_dic(canvases, labels, spacing, dtype, style, rng):
     """DIC / oblique-light image: the objects' phase gradient along the shear direction."""
     phase, _, texture = canvases
     shape = labels.shape
-    h, w = shape
     if texture.any():
         phase *= _grain(texture, spacing, style, rng)
     smooth = ndi.gaussian_filter(phase, style["relief_sigma"], truncate=3.0)
     gy, gx = np.gradient(smooth)
     contrast = style["relief"] * (np.float32(np.sin(style["shear"])) * gy + np.float32(np.cos(style["shear"])) * gx)
     contrast -= style["depth"] * smooth
-    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w)))
-    dirt = rng.uniform(0.0, 0.02) * _smooth_field(shape, rng, 10.0)
+    illumination, dirt = _transmitted_light(shape, style, rng, 0.02, 10.0)
     return _camera(illumination * (1 + dirt + contrast), dtype, style, rng)
 
 

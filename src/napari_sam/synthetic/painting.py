@@ -314,16 +314,22 @@ def _finish_fluorescence(canvases, labels, spacing, dtype, style, rng):
     return _quantise(signal, dtype, top)
 
 
+def _transmitted_light(shape, style, rng, dirt_amplitude: float, dirt_spacing: float):
+    """Uneven illumination (vignetting, 1 +- style["vignetting"]) and dust (0..dirt_amplitude)
+    of a transmitted-light image: two ``(H, W)`` fields, drawn in that order from ``rng``."""
+    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(shape)))
+    dirt = rng.uniform(0.0, dirt_amplitude) * _smooth_field(shape, rng, dirt_spacing)
+    return illumination, dirt
+
+
 def _finish_brightfield(canvases, labels, spacing, dtype, style, rng):
     absorb, phase, texture = canvases
     shape = labels.shape
-    h, w = shape
     if texture.any():
         absorb *= _grain(texture, spacing, style, rng)
-    illumination = 1 + style["vignetting"] * np.tanh(_smooth_field(shape, rng, max(h, w)))
+    illumination, dirt = _transmitted_light(shape, style, rng, 0.015, 8.0)
     # phase contrast: the halo is the phase image blurred wide minus blurred narrow
     halo = style["halo"] * ndi.gaussian_filter(phase, style["halo_sigma"], truncate=2.5)
-    dirt = rng.uniform(0.0, 0.015) * _smooth_field(shape, rng, 8.0)
     sharp = ndi.gaussian_filter(illumination * absorb + style["halo"] * phase, style["psf_sigma"], truncate=3.0)
     signal = illumination * (1 + dirt) - sharp + halo
     signal += style["noise"] * rng.standard_normal(shape, dtype=np.float32)
