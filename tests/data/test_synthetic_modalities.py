@@ -118,3 +118,39 @@ def test_noise_scale_lowers_the_snr_and_keeps_the_labels(modality):
 def test_noise_scale_must_be_positive():
     with pytest.raises(ValueError, match="noise_scale"):
         generate((32, 32), noise_scale=0.0)
+
+
+def test_out_of_focus_light_raises_the_background_between_unchanged_objects():
+    plain = generate((128, 128), modality="fluorescence", density=0.4, size_range=(10, 16), seed=3, dtype=np.uint16)
+    hazy = generate((128, 128), modality="fluorescence", density=0.4, size_range=(10, 16), seed=3, dtype=np.uint16,
+                    out_of_focus=0.8)
+    np.testing.assert_array_equal(hazy.labels, plain.labels)  # the same objects, only the light differs
+
+    def contrast(sample):  # background over objects, above the camera's offset
+        image = sample.image.astype(np.float64)
+        image -= np.percentile(image, 0.5)
+        return np.median(image[sample.labels == 0]) / np.median(image[sample.labels > 0])
+
+    assert contrast(hazy) > contrast(plain) + 0.1
+    again = generate((128, 128), modality="fluorescence", density=0.4, size_range=(10, 16), seed=3, dtype=np.uint16,
+                     out_of_focus=0.8)
+    np.testing.assert_array_equal(again.image, hazy.image)  # deterministic
+    zero = generate((128, 128), modality="fluorescence", density=0.4, size_range=(10, 16), seed=3, dtype=np.uint16,
+                    out_of_focus=0.0)
+    np.testing.assert_array_equal(zero.image, plain.image)  # 0 keeps earlier images bit for bit
+
+
+def test_a_given_psf_blurs_and_bad_values_are_refused():
+    sharp = generate((96, 96), modality="fluorescence", seed=4, psf_sigma=0.5, noise_scale=0.01)
+    blurred = generate((96, 96), modality="fluorescence", seed=4, psf_sigma=4.0, noise_scale=0.01)
+
+    def edges(image):
+        return np.abs(np.diff(image.astype(np.float64), axis=1)).mean()
+
+    assert edges(blurred.image) < 0.6 * edges(sharp.image)
+    with pytest.raises(ValueError, match="out_of_focus"):
+        generate((64, 64), modality="phase contrast", out_of_focus=0.5)
+    with pytest.raises(ValueError, match="out_of_focus"):
+        generate((64, 64), out_of_focus=-1)
+    with pytest.raises(ValueError, match="psf_sigma"):
+        generate((64, 64), psf_sigma=0)

@@ -38,10 +38,28 @@ def add_parser(subparsers) -> None:
     cmd.add_argument("--link-iou", type=float, default=0.3, help="with --link: lowest IoU of two linked instances")
     cmd.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many pixels "
                      "(default: the decoder's tuned value; 0 for AMG)")
+    cmd.add_argument("--object-size", type=_object_size, default="auto", metavar="auto|none|PIXELS",
+                     help="ais: typical object diameter in pixels, so the plane is decoded resized to the size "
+                          "the decoder knows; auto (default): measured on a first pass (decoders trained here); "
+                          "none: the plane as it is")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     cmd.add_argument("--cache", default=None, help="embedding cache directory (as filled by `napari-sam embed`)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     cmd.set_defaults(func=_cmd_segment_all)
+
+
+def _object_size(text: str):
+    import argparse
+
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a diameter in pixels (1-10000), got {text!r}")
+    return value
 
 
 def _cmd_segment_all(args) -> int:
@@ -56,7 +74,8 @@ def _cmd_segment_all(args) -> int:
     except OutputError as error:
         raise SystemExit(f"error: {error}") from None
     job = SegmentAllJob(path=str(args.image), model=args.model, decoder=args.decoder, mode=args.mode,
-                        device=args.device, cache_dir=args.cache, min_size=args.min_size)
+                        device=args.device, cache_dir=args.cache, min_size=args.min_size,
+                        object_size=args.object_size)
     stack = job_stack(job)
     if args.link:
         return _segment_linked(args, job, stack, out)

@@ -124,6 +124,7 @@ def load_decoder(path: str | os.PathLike, device: str | torch.device | None = No
         decoder.watershed_options = None if info["watershed"] is None else WatershedOptions(**info["watershed"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable watershed options ({error})") from None
+    decoder.object_size = info["object_size"]
     if device is not None:
         decoder.to(device)
     return decoder
@@ -131,10 +132,16 @@ def load_decoder(path: str | os.PathLike, device: str | torch.device | None = No
 
 def read_decoder_info(path: str | os.PathLike) -> dict:
     """What a decoder file says besides its tensors: ``{"encoder_sha256": str | None,
-    "watershed": dict | None, "training": dict | None}`` (all None for micro-sam's files)."""
+    "watershed": dict | None, "object_size": float | None, "training": dict | None}`` (all
+    None for micro-sam's files). ``object_size``: the object diameter, in model-input
+    pixels, at which the decoder works best (:mod:`.scale`)."""
     loaded = torch_load_data(Path(path))
     loaded = loaded if isinstance(loaded, Mapping) else {}
-    info = {key: loaded.get(key) for key in ("encoder_sha256", "watershed", "training")}
+    info = {key: loaded.get(key) for key in ("encoder_sha256", "watershed", "object_size", "training")}
+    size = info["object_size"]
+    if size is not None and not (isinstance(size, (int, float)) and not isinstance(size, bool) and 1 <= size <= 1024):
+        raise CheckpointError(f"{path}: 'object_size' must be a number of pixels within 1..1024, got {size!r}")
+    info["object_size"] = None if size is None else float(size)
     if info["encoder_sha256"] is not None and not isinstance(info["encoder_sha256"], str):
         raise CheckpointError(f"{path}: 'encoder_sha256' must be a hex string")
     if info["watershed"] is not None and not isinstance(info["watershed"], Mapping):
@@ -195,9 +202,11 @@ def decoder_source(model, mode: str | None = None) -> Path | None:
 
 
 def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike, *, encoder_sha256: str | None = None,
-                 watershed: WatershedOptions | None = None, info: Mapping | None = None) -> Path:
+                 watershed: WatershedOptions | None = None, info: Mapping | None = None,
+                 object_size: float | None = None) -> Path:
     """Write ``decoder`` atomically as ``{"decoder_state", "conventions"}`` (tensors and a str),
-    plus, when given, ``"encoder_sha256"``, ``"watershed"`` (the options as a dict) and
+    plus, when given, ``"encoder_sha256"``, ``"watershed"`` (the options as a dict),
+    ``"object_size"`` (preferred object diameter in model-input pixels) and
     ``"training"`` (``info``: plain values only, read back with ``weights_only=True``)."""
     state = {k: v.detach().cpu() for k, v in decoder.state_dict().items()}
     payload = {"decoder_state": state, "conventions": decoder.conventions}
@@ -205,6 +214,8 @@ def save_decoder(decoder: InstanceDecoder, path: str | os.PathLike, *, encoder_s
         payload["encoder_sha256"] = str(encoder_sha256)
     if watershed is not None:
         payload["watershed"] = watershed.to_dict()
+    if object_size is not None:
+        payload["object_size"] = float(object_size)
     if info is not None:
         payload["training"] = dict(info)
     return atomic_torch_save(payload, path)

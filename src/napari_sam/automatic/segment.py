@@ -58,12 +58,18 @@ class AutomaticSegmenter:
     cache_dir : path, optional
         Read (and write) tile embeddings in this cache, the one ``napari-sam embed`` fills
         (only with the project's normalisation: micro-sam's min-max scaling is another input).
+    object_size : "auto", float or None
+        AIS only (:mod:`.scale`). ``"auto"`` (default): when the decoder has a preferred
+        object size (decoders trained here), measure the objects of a first pass and, if
+        they are far from it, decode the plane again resized to it. A number: the typical
+        object diameter in plane pixels (one pass, resized). None: the plane as it is.
     """
 
     def __init__(self, model: ModelFamily, decoder=None, *, mode: str | None = None, tile_size: int | None = None,
                  halo: int | None = None, normalization: Normalization = DEFAULT_NORMALIZATION,
                  watershed: WatershedOptions | None = None, amg: AmgOptions = AmgOptions(),
-                 min_size: int | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+                 min_size: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 object_size: str | float | None = "auto") -> None:
         mode = mode or ("ais" if decoder is not None else "amg")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -79,6 +85,19 @@ class AutomaticSegmenter:
             watershed, amg = replace(watershed, min_size=int(min_size)), replace(amg, min_area=int(min_size))
         self.watershed, self.amg = watershed, amg
         self.cache_dir = cache_dir
+        if object_size is not None and object_size != "auto":
+            if isinstance(object_size, str) or not float(object_size) > 0:
+                raise ValueError(f"object_size must be 'auto', None or a diameter in pixels > 0, got {object_size!r}")
+            if mode == "ais" and self.preferred_size is None:
+                raise ValueError("this instance decoder has no preferred object size (only decoders trained "
+                                 "here have one): leave object_size at 'auto' or None")
+            object_size = float(object_size)
+        self.object_size = object_size
+
+    @property
+    def preferred_size(self) -> float | None:
+        """The decoder's preferred object diameter in model-input pixels, if it has one."""
+        return getattr(self.decoder, "object_size", None)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = "default", decoder: str | os.PathLike | None = None, *,
@@ -128,11 +147,35 @@ class AutomaticSegmenter:
         """
         plane = np.asarray(plane)
         common = dict(tile_size=self.tile_size, halo=self.halo, normalization=self.normalization,
-                      embed=self._embedder(plane), progress=progress, cancel=cancel)
-        if self.mode == "ais":
-            maps = decoder_maps(self.model, self.decoder, plane, **common)
-            return instances_from_maps(maps[0], maps[1], maps[2], self.watershed)
-        return segment_everything(self.model, plane, self.amg, conventions=self.conventions, **common)
+                      progress=progress, cancel=cancel)
+        if self.mode != "ais":
+            return segment_everything(self.model, plane, self.amg, conventions=self.conventions,
+                                      embed=self._embedder(plane), **common)
+        return self.segment_scaled(plane, common)[0]
+
+    def segment_scaled(self, plane: np.ndarray, common: dict) -> tuple[np.ndarray, float]:
+        """AIS labels of ``plane`` and the resize factor they were decoded at (:mod:`.scale`)."""
+        from . import scale
+
+        preferred = self.preferred_size if self.object_size is not None else None
+        pixel_scale = scale.input_scale(self.model.image_size, self.tile_size or self.model.image_size, plane.shape)
+        if preferred is not None and self.object_size != "auto":
+            factor = scale.scale_for_size(self.object_size, preferred, pixel_scale)
+        else:
+            maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
+            labels = instances_from_maps(maps[0], maps[1], maps[2], self.watershed)
+            if preferred is None:
+                return labels, 1.0
+            factor = scale.measured_scale(labels, preferred, pixel_scale, self.watershed.min_size)
+            if factor == 1.0:
+                return labels, 1.0
+            del maps, labels
+        if factor == 1.0:
+            maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
+        else:
+            maps = decoder_maps(self.model, self.decoder, scale.resize_plane(plane, factor), **common)
+            maps = scale.resize_maps(maps, plane.shape[:2])
+        return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), factor
 
 
 # --------------------------------------------------------------------------------------
@@ -164,6 +207,8 @@ class SegmentAllJob:
     amg : AmgOptions
     min_size : int, optional
         Replaces ``watershed.min_size`` and ``amg.min_area`` when given.
+    object_size : "auto", float or None
+        AIS's object size (see :class:`AutomaticSegmenter`).
     """
 
     path: str
@@ -179,6 +224,7 @@ class SegmentAllJob:
     watershed: WatershedOptions | None = None
     amg: AmgOptions = field(default=AmgOptions())
     min_size: int | None = None
+    object_size: str | float | None = "auto"
 
 
 _SEGMENTERS: dict = {}
@@ -190,12 +236,13 @@ _TASK_LOCK = threading.Lock()  # tasks in threads of one process take turns on t
 def job_segmenter(job: SegmentAllJob) -> AutomaticSegmenter:
     """The job's segmenter, loaded once per process."""
     key = (job.model, job.decoder, job.mode, job.device, job.tile_size, job.halo, job.cache_dir, job.watershed,
-           job.amg, job.min_size)
+           job.amg, job.min_size, job.object_size)
     with _STATE_LOCK:
         if key not in _SEGMENTERS:
             _SEGMENTERS[key] = AutomaticSegmenter.load(
                 job.model, job.decoder, device=job.device, mode=job.mode, tile_size=job.tile_size, halo=job.halo,
-                watershed=job.watershed, amg=job.amg, min_size=job.min_size, cache_dir=job.cache_dir)
+                watershed=job.watershed, amg=job.amg, min_size=job.min_size, cache_dir=job.cache_dir,
+                object_size=job.object_size)
         return _SEGMENTERS[key]
 
 

@@ -92,6 +92,8 @@ def generate(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
     noise_scale: float = 1.0,
+    out_of_focus: float = 0.0,
+    psf_sigma: float | None = None,
 ) -> SyntheticImage:
     """Generate one microscopy-like image with exact instance labels.
 
@@ -128,6 +130,15 @@ def generate(
     noise_scale : float
         Multiplies the noise's standard deviation (> 1: lower signal-to-noise ratio).
         1 keeps the images of earlier versions for the same seed.
+    out_of_focus : float
+        Fluorescence only: light from objects out of the focal plane, as in a slice of a
+        widefield z-stack (the objects' own blurred glow and unlabelled blurred objects
+        between them), about this many times the in-focus objects' level (0.2-1 is
+        typical). 0 keeps the images of earlier versions for the same seed.
+    psf_sigma : float, optional
+        The optics' blur (Gaussian sigma in pixels). Default: drawn per image (0.5-2 px,
+        less for histology); a strongly blurred widefield slice has a quarter of a
+        nucleus's diameter or more.
 
     Returns
     -------
@@ -137,8 +148,17 @@ def generate(
     """
     if not noise_scale > 0:
         raise ValueError(f"noise_scale must be > 0, got {noise_scale!r}")
+    if not 0 <= out_of_focus <= 5:
+        raise ValueError(f"out_of_focus must be within 0..5, got {out_of_focus!r}")
+    if out_of_focus and modality != "fluorescence":
+        raise ValueError(f"out_of_focus is for fluorescence images, not {modality!r}")
+    overrides = {"out_of_focus": float(out_of_focus)} if out_of_focus else {}
+    if psf_sigma is not None:
+        if not 0 < psf_sigma <= 50:
+            raise ValueError(f"psf_sigma must be within (0, 50] px, got {psf_sigma!r}")
+        overrides["psf_sigma"] = float(psf_sigma)
     return _generate(
-        shape, modality, kinds, density, size_range, dtype, _make_rng(seed, rng), {}, noise_scale=noise_scale
+        shape, modality, kinds, density, size_range, dtype, _make_rng(seed, rng), overrides, noise_scale=noise_scale
     )
 
 

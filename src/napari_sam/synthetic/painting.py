@@ -287,6 +287,8 @@ def _finish_fluorescence(canvases, labels, spacing, dtype, style, rng):
     signal = sharp
     if glow.any():
         signal += ndi.gaussian_filter(glow, min(1.0 + 0.12 * spacing, 5.0), truncate=2.5)
+    if style.get("out_of_focus", 0.0) > 0:
+        signal += _out_of_focus_light(signal, labels, spacing, style["out_of_focus"], rng)
     haze = _smooth_field(shape, rng, 2.5 * spacing)
     np.maximum(haze, 0, out=haze)
     haze *= style["haze"]
@@ -312,6 +314,26 @@ def _finish_fluorescence(canvases, labels, spacing, dtype, style, rng):
     signal *= gain
     signal += offset
     return _quantise(signal, dtype, top)
+
+
+def _out_of_focus_light(signal, labels, spacing, strength, rng):
+    """Light from objects above and below the focal plane, as in a widefield z-stack slice:
+    the in-focus objects' own glow (their signal blurred over ~a diameter) and unlabelled
+    blurred objects between them, together about ``strength`` times the in-focus objects'
+    median level. Only called when ``strength > 0``, so other images keep their draws."""
+    shape = labels.shape
+    inside = signal[labels > 0]
+    level = float(np.median(inside)) if inside.size else float(signal.max() or 1.0)
+    glow = ndi.gaussian_filter(signal, float(rng.uniform(0.4, 1.2)) * spacing, truncate=2.5)
+    glow *= float(rng.uniform(0.2, 0.8)) * strength * level / max(float(glow.max()), 1e-6)
+    count = int(shape[0] * shape[1] / spacing**2 * rng.uniform(0.3, 1.2)) + 1
+    ghosts = np.zeros(shape, np.float32)
+    rows, cols = rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)
+    np.add.at(ghosts, (rows, cols), rng.lognormal(0.0, 0.4, count).astype(np.float32))
+    ghosts = ndi.gaussian_filter(ghosts, float(rng.uniform(0.35, 0.8)) * spacing, truncate=2.5)
+    ghosts *= strength * level / max(float(np.percentile(ghosts, 99)), 1e-6)
+    glow += ghosts
+    return glow
 
 
 def _transmitted_light(shape, style, rng, dirt_amplitude: float, dirt_spacing: float):

@@ -1,0 +1,96 @@
+"""Object size for AIS: run the decoder at the scale where objects have the size it knows.
+
+A decoder trained here learnt objects of a typical diameter in model-input pixels (the
+generator's nuclei, 12-26 px on a 128-pixel input); on a plane whose objects are much
+larger or smaller, it splits, merges or misses them (cells3d's 46-px nuclei at native
+resolution: F1 0.30; the same plane shrunk to 0.4x: 0.67). Cellpose asks for a diameter
+for the same reason. Here the size is measured, not asked:
+
+1. the plane is segmented as it is (the first pass);
+2. the median equivalent diameter of the objects found, in model-input pixels, is
+   compared with the decoder's preferred size (``decoder.object_size``, stored in its
+   file); within a factor :data:`BAND` of it, the first pass is the result;
+3. otherwise the plane is resized by ``preferred / measured`` (within :data:`LIMITS`),
+   decoded again, and the maps are resized back to the plane, so that the watershed,
+   ``min_size`` and the labels stay at the plane's own resolution.
+
+A user who knows the size gives it instead (``object_size=PIXELS``: one pass, no estimate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BAND", "LIMITS", "input_scale", "measured_scale", "median_diameter", "resize_maps", "resize_plane",
+    "scale_for_size",
+]
+
+BAND = 1.35
+"""Objects within ``preferred / BAND .. preferred * BAND`` keep the first pass."""
+LIMITS = (0.25, 2.0)
+"""The resize factors allowed: at most 4x smaller, 2x larger (4x the pixels and time)."""
+
+
+def input_scale(model_input: int, tile_size: int, shape: tuple[int, int]) -> float:
+    """Model-input pixels per plane pixel: a window (a tile, or the whole plane when it is
+    smaller) has its longest side resized to the model input."""
+    return model_input / min(int(tile_size), max(int(shape[0]), int(shape[1])))
+
+
+def median_diameter(labels: np.ndarray, min_size: int = 1) -> float | None:
+    """Median equivalent diameter (of a disc of the same area) of the objects of at least
+    ``min_size`` pixels, in the labels' pixels; None when there are none."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    areas = areas[areas >= max(1, int(min_size))]
+    if areas.size == 0:
+        return None
+    return 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
+
+
+def scale_for_size(diameter: float, preferred: float, pixel_scale: float) -> float:
+    """The resize factor that brings objects of ``diameter`` plane pixels to ``preferred``
+    model-input pixels (``pixel_scale``: :func:`input_scale`), within :data:`LIMITS`."""
+    if not diameter > 0:
+        raise ValueError(f"object size must be > 0 pixels, got {diameter!r}")
+    return float(np.clip(preferred / (diameter * pixel_scale), *LIMITS))
+
+
+def measured_scale(labels: np.ndarray, preferred: float, pixel_scale: float, min_size: int = 1) -> float:
+    """1.0 when the first pass's objects are near ``preferred`` (or there are none), else
+    :func:`scale_for_size` of their median diameter."""
+    diameter = median_diameter(labels, min_size)
+    if diameter is None:
+        return 1.0
+    size = diameter * pixel_scale
+    if preferred / BAND <= size <= preferred * BAND:
+        return 1.0
+    return scale_for_size(diameter, preferred, pixel_scale)
+
+
+def resized_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+
+
+def resize_plane(plane: np.ndarray, factor: float) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` plane resized by ``factor`` (bilinear, anti-aliased when
+    shrinking), as float32."""
+    plane = np.asarray(plane)
+    grey = plane.ndim == 2
+    values = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
+    values = values[None, None] if grey else values.permute(2, 0, 1)[None]
+    size = resized_shape(plane.shape[:2], factor)
+    out = F.interpolate(values, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    out = out[0, 0] if grey else out[0].permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
+
+
+def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(3, h, w)`` decoder maps resized (bilinear) to ``shape``, float32."""
+    values = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    out = F.interpolate(values, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False)
+    return np.ascontiguousarray(out[0].numpy())
