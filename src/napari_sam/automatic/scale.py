@@ -7,8 +7,8 @@ resolution: F1 0.30; the same plane shrunk to 0.4x: 0.67). Cellpose asks for a d
 for the same reason. Here the size is measured, not asked:
 
 1. the plane is segmented as it is (the first pass);
-2. the median equivalent diameter of the objects found, in model-input pixels, is
-   compared with the decoder's preferred size (``decoder.object_size``, stored in its
+2. the objects' size (:func:`inscribed_diameter` of the decoder's foreground), in
+   model-input pixels, is compared with the decoder's preferred size (``decoder.object_size``, stored in its
    file); within a factor :data:`BAND` of it, the first pass is the result;
 3. otherwise the plane is resized by ``preferred / measured`` (within :data:`LIMITS`),
    decoded again, and the maps are resized back to the plane, so that the watershed,
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "BAND", "LIMITS", "input_scale", "measured_scale", "median_diameter", "resize_maps", "resize_plane",
+    "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "median_diameter", "resize_maps", "resize_plane",
     "scale_for_size",
 ]
 
@@ -52,6 +52,31 @@ def median_diameter(labels: np.ndarray, min_size: int = 1) -> float | None:
     return 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
 
 
+def inscribed_diameter(foreground: np.ndarray, min_size: int = 1) -> float | None:
+    """Median, over the foreground's pieces of at least ``min_size`` pixels weighted by
+    their area (specks do not count), of twice the largest distance to the background
+    inside the piece: the diameter of the largest disc it holds. Touching objects merged into one piece and objects the watershed cut into
+    fragments both keep their own width, so this measures the objects where the first
+    pass's instances would not. None when there is no piece."""
+    from scipy import ndimage
+
+    foreground = np.asarray(foreground, bool)
+    pieces, count = ndimage.label(foreground)
+    if count == 0:
+        return None
+    index = np.arange(1, count + 1)
+    areas = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    index = index[areas >= max(1, int(min_size))]
+    if index.size == 0:
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(foreground, 1))[1:-1, 1:-1]  # the plane's edge is not an outline
+    widths = np.asarray(ndimage.maximum(depth, pieces, index), np.float64)
+    weights = areas[index - 1].astype(np.float64)
+    order = np.argsort(widths)
+    middle = np.searchsorted(np.cumsum(weights[order]), 0.5 * weights.sum())
+    return 2.0 * float(widths[order][min(middle, len(order) - 1)])
+
+
 def scale_for_size(diameter: float, preferred: float, pixel_scale: float) -> float:
     """The resize factor that brings objects of ``diameter`` plane pixels to ``preferred``
     model-input pixels (``pixel_scale``: :func:`input_scale`), within :data:`LIMITS`."""
@@ -60,10 +85,10 @@ def scale_for_size(diameter: float, preferred: float, pixel_scale: float) -> flo
     return float(np.clip(preferred / (diameter * pixel_scale), *LIMITS))
 
 
-def measured_scale(labels: np.ndarray, preferred: float, pixel_scale: float, min_size: int = 1) -> float:
-    """1.0 when the first pass's objects are near ``preferred`` (or there are none), else
-    :func:`scale_for_size` of their median diameter."""
-    diameter = median_diameter(labels, min_size)
+def measured_scale(foreground: np.ndarray, preferred: float, pixel_scale: float, min_size: int = 1) -> float:
+    """1.0 when the objects of a first pass's ``foreground`` (:func:`inscribed_diameter`)
+    are near ``preferred`` (or there are none), else :func:`scale_for_size` of their size."""
+    diameter = inscribed_diameter(foreground, min_size)
     if diameter is None:
         return 1.0
     size = diameter * pixel_scale

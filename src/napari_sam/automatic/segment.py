@@ -166,7 +166,8 @@ class AutomaticSegmenter:
             labels = instances_from_maps(maps[0], maps[1], maps[2], self.watershed)
             if preferred is None:
                 return labels, 1.0
-            factor = scale.measured_scale(labels, preferred, pixel_scale, self.watershed.min_size)
+            foreground = maps[0] > self.watershed.foreground_threshold
+            factor = scale.measured_scale(foreground, preferred, pixel_scale, max(self.watershed.min_size, 9))
             if factor == 1.0:
                 return labels, 1.0
             del maps, labels

@@ -95,7 +95,7 @@ class DecoderTraining:
 
     initial_features: int = 4
     images: int = 2000
-    steps: int = 1000
+    steps: int = 3000
     batch_size: int = 8
     crop_cells: int = 8
     full_steps: int = 100
