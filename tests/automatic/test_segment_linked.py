@@ -180,3 +180,47 @@ def test_cli_link_runs_the_real_per_plane_segmentation(tmp_path, model_file, mon
     data, _ = read_tracks_csv(tracks_path(out))
     assert {int(t) for t in data[:, 0]} == {int(v) for v in np.unique(labels) if v}
     assert tifffile.TiffFile(out).pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+
+
+def with_specks(truth: np.ndarray) -> np.ndarray:
+    """``truth`` plus a speck on plane 1 only and another on planes 3-4 (ids 20, 21)."""
+    specked = truth.copy()
+    specked[1, 2:5, 50:53] = 20
+    specked[3:5, 35:38, 2:5] = 21
+    return specked
+
+
+def test_objects_on_fewer_than_three_planes_are_dropped_by_default():
+    truth = with_specks(volume())
+    linked = link_planes(per_plane_ids(truth), "objects")
+    ids = relabelling(volume(), linked.labels)  # the specks are gone, the three objects stay whole
+    assert len(ids) == 4
+    assert set(np.unique(linked.tracks[:, 0]).astype(int)) == set(ids.values()) - {0}
+    kept = link_planes(per_plane_ids(truth), "objects", min_planes=1)
+    assert len(relabelling(truth, kept.labels)) == 6
+    two = link_planes(per_plane_ids(truth), "objects", min_planes=2)
+    assert len(relabelling(with_specks(volume()) * (truth != 20), two.labels)) == 5  # the 2-plane speck stays
+    # a stack of two planes keeps what is on both (the default never asks more than the stack has)
+    assert len(np.unique(link_planes(per_plane_ids(volume()[:2]), "objects").labels)) == 3
+
+
+def test_tracks_keep_short_ones_by_default_and_drop_parents_with_them():
+    truth = dividing()
+    assert len(np.unique(link_planes(per_plane_ids(with_specks(truth)), "tracks").labels)) == 7
+    linked = link_planes(per_plane_ids(truth, seed=3), "tracks", min_planes=3)
+    assert not linked.labels[(truth == 2) | (truth == 3)].any()  # the daughters (2 frames) are gone ...
+    parent, bystander = np.unique(linked.labels[truth == 1]), np.unique(linked.labels[truth == 9])
+    assert len(parent) == len(bystander) == 1 and 0 not in (parent[0], bystander[0]) and parent[0] != bystander[0]
+    assert linked.parents == {}  # ... and so is their parent record
+    shorter = link_planes(per_plane_ids(truth, seed=3), "tracks", min_planes=2)
+    assert len(shorter.parents) == 2
+    with pytest.raises(ValueError, match="min_planes"):
+        link_planes(truth, "tracks", min_planes=0)
+
+
+def test_the_cli_refuses_a_bad_min_planes_before_any_work(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, volume().astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(SystemExit, match="min-planes"):
+        main(["segment-all", str(path), "--out", str(tmp_path / "out.tif"), "--link", "--min-planes", "0"])
+    assert not (tmp_path / "out.tif").exists()

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
                           "object (z) or track (t; divisions get new ids, and LABELS.tracks.csv is written beside "
                           "--out with track_id,frame,row,col,parent); auto: tracks when the axis is T")
     cmd.add_argument("--link-iou", type=float, default=0.3, help="with --link: lowest IoU of two linked instances")
+    cmd.add_argument("--min-planes", type=int, default=None, help="with --link: drop linked objects on fewer planes "
+                     "(default 3 for 3D objects, 1 for tracks)")
     cmd.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many pixels "
                      "(default: the decoder's tuned value; 0 for AMG)")
     cmd.add_argument("--object-size", type=_object_size, default="auto", metavar="auto|none|PIXELS",
@@ -105,6 +107,8 @@ def _segment_linked(args, job, stack, out) -> int:
     if len(stack.stack_shape) != 1 or args.plane is not None:
         raise SystemExit(f"error: --link needs a stack with one axis of planes (z or t) and every plane; "
                          f"{args.image} has axes {stack.axes} and shape {stack.shape}")
+    if args.min_planes is not None and args.min_planes < 1:
+        raise SystemExit(f"error: --min-planes must be >= 1, got {args.min_planes}")
     kind = link_kind(stack.stack_axes) if args.link == "auto" else args.link
     csv = tracks_path(out) if kind == "tracks" else None
     if csv is not None:
@@ -114,7 +118,10 @@ def _segment_linked(args, job, stack, out) -> int:
             raise SystemExit(f"error: {error}") from None
     start = time.perf_counter()
     per_plane = segment_stack(job, list(stack.plane_indices()))
-    linked = link_planes(per_plane, kind, iou_floor=args.link_iou)
+    try:
+        linked = link_planes(per_plane, kind, iou_floor=args.link_iou, min_planes=args.min_planes)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     # minisblack: tifffile would take a stack of 3 or 4 planes for RGB(A) samples
     atomic_write_tiff(out, np.ascontiguousarray(linked.labels), photometric="minisblack")
     count = len(np.unique(linked.labels)) - int((linked.labels == 0).any())

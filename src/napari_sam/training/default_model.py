@@ -204,6 +204,40 @@ def mixed_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED):
     return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
+#: Kinds drawn in turn for ``zstack_images``'s images that are not z-stack slices.
+ZSTACK_OTHER_KINDS = BALANCED_KINDS
+ZSTACK_SHARE = 0.5  # share of stage-4 "zstack" images that are slices of widefield z-stacks
+
+
+def zstack_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED, share: float = ZSTACK_SHARE):
+    """Stage 4's "zstack" set: a share ``share`` of slices of widefield z-stacks (crowded
+    nuclei of 6-56 px under strong blur and out-of-focus light, 8 and 16 bit, some at low
+    SNR: ``synthetic.generate``'s ``out_of_focus`` and ``psf_sigma``), the rest stage 3's
+    kinds in turn (``ZSTACK_OTHER_KINDS``), so rods, spots and cells keep their quality.
+    Returns (images, labels, kind per label) lists, as ``balanced_images``.
+    """
+    import numpy as np
+
+    from ..synthetic import generate
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        if rng.random() < share:
+            centre = float(np.exp(rng.uniform(np.log(6.0), np.log(56.0))))
+            sample = generate(
+                IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=[seed, index],
+                dtype=np.uint16 if rng.random() < 0.6 else np.uint8, density=float(rng.uniform(0.2, 0.6)),
+                size_range=(0.75 * centre, 1.3 * centre), out_of_focus=float(rng.uniform(0.1, 1.2)),
+                psf_sigma=max(0.5, float(rng.uniform(0.03, 0.3)) * centre),
+                noise_scale=float(np.exp(rng.uniform(0.0, np.log(3.0)))))
+            images.append((sample.image, sample.labels, {int(k): str(v) for k, v in sample.classes.items()}))
+        else:
+            kinds = ZSTACK_OTHER_KINDS[index % len(ZSTACK_OTHER_KINDS)]
+            images.append(_fluorescence_image(rng, kinds, 1 / 3 if "nucleus" in kinds else 0.0, [seed, index]))
+    return tuple(map(list, zip(*images))) if images else ([], [], [])
+
+
 def as_samples(images, labels, classes, name: str):
     """Training samples (RGB planes, labels, kind per label) from generated images."""
     import numpy as np
@@ -305,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"the measured runs used {STAGE4_TRAINING['epochs']})")
     parser.add_argument("--stage4-lr", type=float, default=STAGE4_TRAINING["lr"])
     parser.add_argument("--stage4-images", type=int, default=STAGE4_IMAGES, help="size of stage 4's mixed set")
+    parser.add_argument("--stage4-set", choices=("mixed", "zstack"), default="mixed",
+                        help="stage 4's images: every modality (mixed) or fluorescence with widefield "
+                             "z-stack slices (zstack)")
     parser.add_argument("--from-stage3", type=Path, default=None,
                         help="skip stages 0-3 and run stage 4 from this saved stage-3 model "
                              "(a full run writes it beside --out as <name>.stage3.pt)")
@@ -383,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         # Stage 4: every modality (phase contrast, brightfield, H&E, IHC, whole cells,
         # rods), with fluorescence nuclei kept at a third of the images.
         print("stage 4", flush=True)
-        result = finetune(as_samples(*mixed_images(args.stage4_images), "mixed"), base=sam, out=args.out,
+        images = (mixed_images if args.stage4_set == "mixed" else zstack_images)(args.stage4_images)
+        result = finetune(as_samples(*images, args.stage4_set), base=sam, out=args.out,
                           config=TrainConfig.from_options(**stage4), on_progress=log, cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
     metadata.pop("checkpoint", None)  # where --from-stage2/3 was read from: not this file's origin
