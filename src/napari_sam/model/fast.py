@@ -15,12 +15,15 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["fast_mode"]
+__all__ = ["HALF_DTYPES", "fast_mode"]
 
 logger = logging.getLogger(__name__)
 
 
-def fast_mode(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def fast_mode(model: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     """A faster, approximate copy of a :class:`~napari_sam.model.Sam`, for :class:`Predictor`.
 
     - CPU: the image encoder's ``nn.Linear`` layers become int8 dynamically quantised
@@ -38,6 +41,11 @@ def fast_mode(model: nn.Module, device: torch.device | str | None = None) -> nn.
     model : Sam
     device : optional
         Where the fast model runs; default the model's device.
+    dtype : torch.float16 or torch.bfloat16, optional
+        Run the image encoder in this precision instead of the choice above (SAM 2's
+        official GPU path is bfloat16; both work on CUDA, bfloat16 also on CPUs with
+        bfloat16 kernels). SAM 1 and SAM 2 models alike: the encoder's output, a tensor or
+        SAM 2's multi-scale maps, comes back as float32.
 
     Returns
     -------
@@ -48,7 +56,12 @@ def fast_mode(model: nn.Module, device: torch.device | str | None = None) -> nn.
     fast = copy.deepcopy(model).to(device).eval()
     fast.config = dict(getattr(model, "config", {}))
     fast.metadata = dict(getattr(model, "metadata", {}))
-    if device.type == "cuda":
+    if dtype is not None:
+        if dtype not in HALF_DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+        _run_in(fast.image_encoder, dtype)
+        fast.config["fast_mode"] = f"{str(dtype).replace('torch.', '')} image encoder"
+    elif device.type == "cuda":
         _run_in(fast.image_encoder, torch.float16)
         fast.config["fast_mode"] = "float16 image encoder"
     elif device.type == "cpu" and _quantize_linears(fast):
@@ -104,5 +117,16 @@ def _cast_input(module: nn.Module, args: tuple, dtype: torch.dtype) -> tuple:
     return (args[0].to(dtype), *args[1:])
 
 
-def _output_to_float32(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.float()
+def _output_to_float32(module: nn.Module, args: tuple, output):
+    return _to_float32(output)
+
+
+def _to_float32(value):
+    """Floating tensors (alone or in lists, tuples and dicts: SAM 2's multi-scale features) -> float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float32(v) for k, v in value.items()}
+    return value
