@@ -141,3 +141,31 @@ def test_instances_edit_on_a_new_plane():
     assert plane[0, 0] == 3 and plane[0, 1] == 4 and plane[1, 3] == 5 and plane[2, 3] == 5
     edit.undo(plane)
     assert np.array_equal(plane, current)
+
+
+def test_the_object_size_reaches_the_segmenter(qtbot, widget, monkeypatch):
+    seen = []
+
+    def segment(self, plane, *, progress=None, cancel=None):
+        seen.append((self.object_size, self.preferred_size))
+        return KNOWN.copy()
+
+    monkeypatch.setattr(AutomaticSegmenter, "segment", segment)
+    section = widget.automatic_section
+
+    class SizedDecoder:  # a decoder trained here says what size it knows
+        conventions, object_size = "napari_sam", 19.0
+
+    section.decoder = SizedDecoder()
+    section.mode_combo.setCurrentIndex(section.mode_combo.findData("ais"))
+    assert section.object_size_spin.value() == 0 and section.object_size_spin.text() == "auto"
+    for value, expected in ((0, "auto"), (40, 40.0)):
+        section.object_size_spin.setValue(value)
+        with qtbot.waitSignal(section.finished, timeout=TIMEOUT):
+            section.run()
+        assert seen[-1] == (expected, 19.0)
+    section.decoder = None  # the tiny model has no decoder: AMG, where a size means nothing
+    section.mode_combo.setCurrentIndex(section.mode_combo.findData(None))
+    with qtbot.waitSignal(section.finished, timeout=TIMEOUT):
+        section.run()
+    assert seen[-1] == ("auto", None) and "failed" not in section.status_label.text()

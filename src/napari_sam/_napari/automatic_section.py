@@ -171,8 +171,17 @@ class AutomaticSection(JobSection):
         self.min_size_spin.setValue(25)
         self.min_size_spin.setSuffix(" px")
         self.min_size_spin.setToolTip("Objects smaller than this are left out")
+        self.object_size_spin = QSpinBox()
+        self.object_size_spin.setRange(0, 10_000)
+        self.object_size_spin.setSpecialValueText("auto")
+        self.object_size_spin.setSuffix(" px")
+        self.object_size_spin.setToolTip(
+            "Instance decoder: typical object diameter in pixels, so the plane is decoded at the size the "
+            "decoder knows. auto: measured on a first pass (decoders trained by napari-sam; micro-sam's run "
+            "the plane as it is)")
         super().__init__(widget, "Segment all", "Segment all",
-                         [("mode", self.mode_combo), ("min size", self.min_size_spin)])
+                         [("mode", self.mode_combo), ("min size", self.min_size_spin),
+                          ("object size", self.object_size_spin)])
         self.run_button.setToolTip("Segment every object of the plane shown into new labels (Ctrl+Z undoes it)")
         self.decoder = None
 
@@ -186,12 +195,17 @@ class AutomaticSection(JobSection):
         world = tuple(widget.viewer.dims.point)
         ref = L.plane_ref(image, world, widget.channel_axis, widget.channel_spin.value())
         mode, size = self.mode_combo.currentData(), int(self.min_size_spin.value())
+        object_size = float(self.object_size_spin.value()) or "auto"
         decoder = self.decoder
 
         def compute(progress, cancel):
             found = decoder if decoder is not None and mode != "amg" else model_decoder(model, mode)
             # The decoder's tuned thresholds (if it has them) with the widget's min size.
-            segmenter = AutomaticSegmenter(model, found, mode=mode, min_size=size)
+            if object_size != "auto" and getattr(found, "object_size", None) is None:
+                object_size_used = "auto"  # micro-sam's decoders (and AMG) have no size to resize to
+            else:
+                object_size_used = object_size
+            segmenter = AutomaticSegmenter(model, found, mode=mode, min_size=size, object_size=object_size_used)
             return segmenter.segment(L.read_plane(image, ref), progress=progress, cancel=cancel)
 
         def write(instances):
