@@ -6,7 +6,8 @@ Each row starts with real crops (the evaluation images under ../shared/eval, who
 sources are listed in its README, and scikit-image's bundled IHC image),
 then generated images (``napari_sam.synthetic.generate``, 256 x 256, fixed seeds) of the
 same modality, with the generated objects' outlines on the last panel of each row. Real
-crops are shown at the pixel size they have (no resampling), so object sizes compare.
+crops are shown at the pixel size they have (no resampling), so object sizes compare,
+except StarDist's 61 x 57 slice (enlarged, said in its title).
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def real_images() -> dict[str, list[tuple[str, np.ndarray]]]:
         rows["transmitted light, whole cells"].append(
             ("real: ndev oblique light", _crop(tifffile.imread(scratch)[0], 0, 0))
         )
+    cells3d = EVAL / "cells3d_nbsd" / "nuclei3d_image.tif"
+    if cells3d.exists():
+        volume = tifffile.imread(cells3d)
+        rows["widefield z-stack slices"].append(("real: cells3d z=30", volume[30]))
+        rows["widefield z-stack slices"].append(("real: cells3d z=15 (edge)", volume[15]))
+    stardist = EVAL / "stardist_synthetic3d" / "nuclei3d_image.tif"
+    if stardist.exists():  # 61 x 57: shown enlarged, the only panel not at its own pixel size
+        rows["widefield z-stack slices"].append(("real: StarDist z=15 (enlarged)",
+                                                 tifffile.imread(stardist)[15]))
     rows["IHC histology"].append(("real: skimage IHC", _crop(data.immunohistochemistry(), 0, 0)))
     rows["IHC histology"].append(("real: skimage IHC", _crop(data.immunohistochemistry(), 256, 256)))
     return rows
@@ -61,6 +71,13 @@ ROWS = {
         ("nuclei, 8-bit", dict(modality="fluorescence", kinds=("nucleus",), seed=3)),
         ("nuclei, 16-bit, low SNR", dict(modality="fluorescence", kinds=("nucleus",), dtype=np.uint16,
                                          noise_scale=3.0, size_range=(20.0, 40.0), seed=4)),
+    ],
+    "widefield z-stack slices": [
+        ("large nuclei, haze 0.6", dict(modality="fluorescence", kinds=("nucleus",), dtype=np.uint16,
+                                                      size_range=(34.0, 56.0), out_of_focus=0.6, seed=41)),
+        ("8-14 px, blur 3, haze 1", dict(modality="fluorescence", kinds=("nucleus",),
+                                                       dtype=np.uint16, size_range=(8.0, 14.0), density=0.5,
+                                                       out_of_focus=1.0, psf_sigma=3.0, seed=42)),
     ],
     "fluorescence whole cells": [
         ("cells 30-70 px", dict(modality="fluorescence", kinds=("cell",), seed=5)),
