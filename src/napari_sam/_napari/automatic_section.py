@@ -199,13 +199,18 @@ class AutomaticSection(JobSection):
         decoder = self.decoder
 
         def compute(progress, cancel):
+            from ..automatic.loading import sizing_decoder
+
             found = decoder if decoder is not None and mode != "amg" else model_decoder(model, mode)
-            # The decoder's tuned thresholds (if it has them) with the widget's min size.
-            if object_size != "auto" and getattr(found, "object_size", None) is None:
-                object_size_used = "auto"  # micro-sam's decoders (and AMG) have no size to resize to
+            # AMG sizes objects with the model's bundled decoder, when it has one (the default model)
+            sizer = None if found is not None else sizing_decoder(model, device=model.device)
+            if object_size != "auto" and getattr(found or sizer, "object_size", None) is None:
+                object_size_used = "auto"  # micro-sam's decoders and official models: no size to resize to
             else:
                 object_size_used = object_size
-            segmenter = AutomaticSegmenter(model, found, mode=mode, min_size=size, object_size=object_size_used)
+            # The decoder's tuned thresholds (if it has them) with the widget's min size.
+            segmenter = AutomaticSegmenter(model, found, mode=mode, min_size=size, object_size=object_size_used,
+                                           sizer=sizer)
             return segmenter.segment(L.read_plane(image, ref), progress=progress, cancel=cancel)
 
         def write(instances):

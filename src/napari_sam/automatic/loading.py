@@ -170,6 +170,26 @@ def check_encoder(path: str | os.PathLike, info: Mapping, model) -> None:
         )
 
 
+def sizing_decoder(model, device=None):
+    """The instance decoder that says at what object size ``model`` works, when it is at hand
+    without a download and records one (:mod:`.scale`): a bundled decoder trained here (the
+    default model's), or the model file's own ``decoder_state`` if its file says so. AMG
+    uses it only to measure objects; None otherwise (micro-sam's and official models)."""
+    from ..checkpoints.download import file_spec, model_spec
+    from ..checkpoints.registry import MODELS
+
+    metadata = getattr(model, "metadata", None) or {}
+    name = metadata.get("name")
+    if name in MODELS:
+        paired = model_spec(name).decoder
+        if paired is None or not file_spec(paired).bundled:
+            return None  # a download: not for a size
+    source = decoder_source(model)
+    if source is None or read_decoder_info(source)["object_size"] is None:
+        return None
+    return load_decoder(source, device=device, model=model)
+
+
 def decoder_source(model, mode: str | None = None) -> Path | None:
     """The file of ``model``'s own instance decoder, or None (then AMG is the only mode).
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "median_diameter", "resize_maps", "resize_plane",
-    "scale_for_size",
+    "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "median_diameter", "resize_labels",
+    "resize_maps", "resize_plane", "scale_for_size",
 ]
 
 BAND = 1.35
@@ -112,6 +112,14 @@ def resize_plane(plane: np.ndarray, factor: float) -> np.ndarray:
     out = F.interpolate(values, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
     out = out[0, 0] if grey else out[0].permute(1, 2, 0)
     return np.ascontiguousarray(out.numpy())
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels resized to ``shape`` (nearest neighbour: ids are not blended)."""
+    labels = np.asarray(labels)
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64), labels.shape[1] - 1)
+    return np.ascontiguousarray(labels[rows[:, None], cols[None, :]])
 
 
 def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -63,13 +63,17 @@ class AutomaticSegmenter:
         object size (decoders trained here), measure the objects of a first pass and, if
         they are far from it, decode the plane again resized to it. A number: the typical
         object diameter in plane pixels (one pass, resized). None: the plane as it is.
+    sizer : InstanceDecoder, optional
+        AMG only: a decoder with a preferred object size (:func:`~.loading.sizing_decoder`,
+        the default model's bundled one) whose first pass measures the objects, so the point
+        grid runs on the plane resized to that size too (``load`` finds it).
     """
 
     def __init__(self, model: ModelFamily, decoder=None, *, mode: str | None = None, tile_size: int | None = None,
                  halo: int | None = None, normalization: Normalization = DEFAULT_NORMALIZATION,
                  watershed: WatershedOptions | None = None, amg: AmgOptions = AmgOptions(),
                  min_size: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 object_size: str | float | None = "auto") -> None:
+                 object_size: str | float | None = "auto", sizer=None) -> None:
         mode = mode or ("ais" if decoder is not None else "amg")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -77,6 +81,7 @@ class AutomaticSegmenter:
             raise ValueError("mode 'ais' needs an instance decoder (a checkpoint with 'decoder_state' or a "
                              "'*_decoder' file); mode 'amg' works with every model")
         self.model, self.decoder, self.mode = model, decoder, mode
+        self.sizer = decoder if mode == "ais" else sizer
         self.tile_size, self.halo = tile_size, halo
         self.normalization = normalization
         if watershed is None:
@@ -88,16 +93,18 @@ class AutomaticSegmenter:
         if object_size is not None and object_size != "auto":
             if isinstance(object_size, str) or not float(object_size) > 0:
                 raise ValueError(f"object_size must be 'auto', None or a diameter in pixels > 0, got {object_size!r}")
-            if mode == "ais" and self.preferred_size is None:
-                raise ValueError("this instance decoder has no preferred object size (only decoders trained "
-                                 "here have one): leave object_size at 'auto' or None")
+            if self.preferred_size is None:
+                raise ValueError("no preferred object size to resize to (only instance decoders trained by "
+                                 "napari-sam record one; AMG borrows the model's bundled one): leave object_size "
+                                 "at 'auto' or None")
             object_size = float(object_size)
         self.object_size = object_size
 
     @property
     def preferred_size(self) -> float | None:
-        """The decoder's preferred object diameter in model-input pixels, if it has one."""
-        return getattr(self.decoder, "object_size", None)
+        """The preferred object diameter in model-input pixels (of the decoder, or in AMG of
+        the sizing decoder), if there is one."""
+        return getattr(self.sizer, "object_size", None)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = "default", decoder: str | os.PathLike | None = None, *,
@@ -115,6 +122,10 @@ class AutomaticSegmenter:
         model = load_model(name_or_path, device=device)
         source = decoder if decoder is not None else decoder_source(model, kwargs.get("mode"))
         instance_decoder = None if source is None else load_decoder(source, device=model.device, model=model)
+        if instance_decoder is None and kwargs.get("object_size", "auto") is not None and "sizer" not in kwargs:
+            from .loading import sizing_decoder
+
+            kwargs["sizer"] = sizing_decoder(model, device=model.device)
         return cls(model, instance_decoder, **kwargs)
 
     @property
@@ -148,29 +159,50 @@ class AutomaticSegmenter:
         plane = np.asarray(plane)
         common = dict(tile_size=self.tile_size, halo=self.halo, normalization=self.normalization,
                       progress=progress, cancel=cancel)
-        if self.mode != "ais":
-            return segment_everything(self.model, plane, self.amg, conventions=self.conventions,
-                                      embed=self._embedder(plane), **common)
         return self.segment_scaled(plane, common)[0]
 
+    def _amg(self, plane: np.ndarray, common: dict, factor: float) -> np.ndarray:
+        """AMG labels of ``plane``, the point grid run on it resized by ``factor``."""
+        from . import scale
+
+        if factor == 1.0:
+            return segment_everything(self.model, plane, self.amg, conventions=self.conventions,
+                                      embed=self._embedder(plane), **common)
+        labels = segment_everything(self.model, scale.resize_plane(plane, factor), self.amg,
+                                    conventions=self.conventions, **common)
+        return scale.resize_labels(labels, plane.shape[:2])
+
+    def _first_pass_scale(self, plane: np.ndarray, common: dict, preferred: float, pixel_scale: float):
+        """(maps, factor): the sizing decoder's maps of the plane as it is, and the factor they ask for."""
+        from . import scale
+
+        maps = decoder_maps(self.model, self.sizer, plane, embed=self._embedder(plane), **common)
+        foreground = maps[0] > self.watershed.foreground_threshold
+        return maps, scale.measured_scale(foreground, preferred, pixel_scale, max(self.watershed.min_size, 9))
+
     def segment_scaled(self, plane: np.ndarray, common: dict) -> tuple[np.ndarray, float]:
-        """AIS labels of ``plane`` and the resize factor they were decoded at (:mod:`.scale`)."""
+        """Labels of ``plane`` and the resize factor they were made at (:mod:`.scale`)."""
         from . import scale
 
         preferred = self.preferred_size if self.object_size is not None else None
         pixel_scale = scale.input_scale(self.model.image_size, self.tile_size or self.model.image_size, plane.shape)
+        if self.mode == "amg":
+            factor = 1.0
+            if preferred is not None and self.object_size != "auto":
+                factor = scale.scale_for_size(self.object_size, preferred, pixel_scale)
+            elif preferred is not None:
+                factor = self._first_pass_scale(plane, common, preferred, pixel_scale)[1]
+            return self._amg(plane, common, factor), factor
         if preferred is not None and self.object_size != "auto":
             factor = scale.scale_for_size(self.object_size, preferred, pixel_scale)
         else:
-            maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
-            labels = instances_from_maps(maps[0], maps[1], maps[2], self.watershed)
             if preferred is None:
-                return labels, 1.0
-            foreground = maps[0] > self.watershed.foreground_threshold
-            factor = scale.measured_scale(foreground, preferred, pixel_scale, max(self.watershed.min_size, 9))
+                maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
+                return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), 1.0
+            maps, factor = self._first_pass_scale(plane, common, preferred, pixel_scale)
             if factor == 1.0:
-                return labels, 1.0
-            del maps, labels
+                return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), 1.0
+            del maps
         if factor == 1.0:
             maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
         else:
