@@ -41,9 +41,9 @@ def add_parser(subparsers) -> None:
     cmd.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this many pixels "
                      "(default: the decoder's tuned value; 0 for AMG)")
     cmd.add_argument("--object-size", type=_object_size, default="auto", metavar="auto|none|PIXELS",
-                     help="ais: typical object diameter in pixels, so the plane is decoded resized to the size "
-                          "the decoder knows; auto (default): measured on a first pass (decoders trained here); "
-                          "none: the plane as it is")
+                     help="typical object diameter in pixels, so the plane is segmented resized to the size "
+                          "the model knows (ais, and amg with the default model); auto (default): measured on a "
+                          "first pass (decoders trained here); none: the plane as it is")
     cmd.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     cmd.add_argument("--cache", default=None, help="embedding cache directory (as filled by `napari-sam embed`)")
     cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
