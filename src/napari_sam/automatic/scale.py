@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "median_diameter", "resize_labels",
-    "resize_maps", "resize_plane", "scale_for_size",
+    "resize_maps", "resize_plane", "scale_for_size", "upsample_labels",
 ]
 
 BAND = 1.35
@@ -120,6 +120,42 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64), labels.shape[1] - 1)
     return np.ascontiguousarray(labels[rows[:, None], cols[None, :]])
+
+
+def upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels made on a shrunk plane, brought to the larger ``shape`` with smooth
+    outlines: each object's indicator is resized bilinearly (``align_corners=False``, as
+    :func:`resize_plane`) within its box, and a pixel goes to the object whose resized
+    indicator is highest there, if above 0.5. Nearest neighbour would leave steps as wide
+    as the factor (2.5 px at 0.4x) on every outline."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    sy, sx = shape[0] / h, shape[1] / w
+    out = np.zeros(shape, labels.dtype)
+    best = np.full(shape, 0.5, np.float32)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r0, r1 = max(box[0].start - 1, 0), min(box[0].stop + 1, h)
+        c0, c1 = max(box[1].start - 1, 0), min(box[1].stop + 1, w)
+        inside = (labels[r0:r1, c0:c1] == index).astype(np.float32)
+        y0, y1 = int(np.floor(r0 * sy)), min(int(np.ceil(r1 * sy)), shape[0])
+        x0, x1 = int(np.floor(c0 * sx)), min(int(np.ceil(c1 * sx)), shape[1])
+        u = np.clip((np.arange(y0, y1) + 0.5) / sy - 0.5, 0, h - 1) - r0
+        v = np.clip((np.arange(x0, x1) + 0.5) / sx - 0.5, 0, w - 1) - c0
+        u, v = np.clip(u, 0, r1 - r0 - 1), np.clip(v, 0, c1 - c0 - 1)
+        i0, j0 = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+        i1, j1 = np.minimum(i0 + 1, r1 - r0 - 1), np.minimum(j0 + 1, c1 - c0 - 1)
+        fu, fv = (u - i0).astype(np.float32)[:, None], (v - j0).astype(np.float32)[None, :]
+        value = ((1 - fu) * ((1 - fv) * inside[i0][:, j0] + fv * inside[i0][:, j1])
+                 + fu * ((1 - fv) * inside[i1][:, j0] + fv * inside[i1][:, j1]))
+        window = best[y0:y1, x0:x1]
+        wins = value > window
+        window[wins] = value[wins]
+        out[y0:y1, x0:x1][wins] = index
+    return out
 
 
 def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -170,6 +170,8 @@ class AutomaticSegmenter:
                                       embed=self._embedder(plane), **common)
         labels = segment_everything(self.model, scale.resize_plane(plane, factor), self.amg,
                                     conventions=self.conventions, **common)
+        if factor < 1.0:  # made on a shrunk plane: smooth outlines at the plane's resolution
+            return scale.upsample_labels(labels, plane.shape[:2])
         return scale.resize_labels(labels, plane.shape[:2])
 
     def _first_pass_scale(self, plane: np.ndarray, common: dict, preferred: float, pixel_scale: float):
