@@ -57,13 +57,6 @@ def large_discs():
     return discs((180, 250), centres, 20)  # 41 px across, more than the decoder handles
 
 
-def test_the_median_diameter_is_that_of_a_disc_of_the_same_area():
-    _, labels = discs((100, 100), [(30, 30), (70, 70)], 10)
-    assert scale.median_diameter(labels) == pytest.approx(20.0, rel=0.05)
-    assert scale.median_diameter(np.zeros((5, 5), int)) is None
-    assert scale.median_diameter(labels, min_size=10_000) is None
-
-
 def test_the_inscribed_diameter_sees_through_merged_and_cut_objects():
     _, labels = discs((120, 200), [(40, 40), (40, 59), (90, 150)], 10)  # two of them touch: one piece
     foreground = labels > 0

@@ -88,12 +88,9 @@ def drop_short(linked: Linked, min_planes: int) -> Linked:
     drop = np.zeros(int(labels.max()) + 1, bool)
     drop[short] = True
     kept_labels = np.where(drop[labels], 0, labels).astype(labels.dtype)
-    tracks = linked.tracks
-    if len(tracks):
-        ids = tracks[:, 0].astype(np.int64)
-        tracks = tracks[~drop[np.clip(ids, 0, len(drop) - 1)] | (ids >= len(drop))]
-    parents = {d: p for d, p in linked.parents.items()
-               if not (d < len(drop) and drop[d]) and not (p < len(drop) and drop[p])}
+    # track and parent ids are ids of the labels, so all within ``drop``
+    tracks = linked.tracks[~drop[linked.tracks[:, 0].astype(np.int64)]] if len(linked.tracks) else linked.tracks
+    parents = {d: p for d, p in linked.parents.items() if not drop[d] and not drop[p]}
     return Linked(kept_labels, tracks, parents)
 
 

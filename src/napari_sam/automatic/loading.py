@@ -185,9 +185,8 @@ def sizing_decoder(model, device=None):
         if paired is None or not file_spec(paired).bundled:
             return None  # a download: not for a size
     source = decoder_source(model)
-    if source is None or read_decoder_info(source)["object_size"] is None:
-        return None
-    return load_decoder(source, device=device, model=model)
+    decoder = None if source is None else load_decoder(source, device=device, model=model)
+    return decoder if getattr(decoder, "object_size", None) is not None else None
 
 
 def decoder_source(model, mode: str | None = None) -> Path | None:

@@ -8,8 +8,8 @@ for the same reason. Here the size is measured, not asked:
 
 1. the plane is segmented as it is (the first pass);
 2. the objects' size (:func:`inscribed_diameter` of the decoder's foreground), in
-   model-input pixels, is compared with the decoder's preferred size (``decoder.object_size``, stored in its
-   file); within a factor :data:`BAND` of it, the first pass is the result;
+   model-input pixels, is compared with the decoder's preferred size
+   (``decoder.object_size``, stored in its file); within a factor :data:`BAND` of it, the first pass is the result;
 3. otherwise the plane is resized by ``preferred / measured`` (within :data:`LIMITS`),
    decoded again, and the maps are resized back to the plane, so that the watershed,
    ``min_size`` and the labels stay at the plane's own resolution.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "median_diameter", "resize_labels",
+    "BAND", "LIMITS", "inscribed_diameter", "input_scale", "measured_scale", "resize_labels",
     "resize_maps", "resize_plane", "scale_for_size", "upsample_labels",
 ]
 
@@ -42,21 +42,11 @@ def input_scale(model_input: int, tile_size: int, shape: tuple[int, int]) -> flo
     return model_input / min(int(tile_size), max(int(shape[0]), int(shape[1])))
 
 
-def median_diameter(labels: np.ndarray, min_size: int = 1) -> float | None:
-    """Median equivalent diameter (of a disc of the same area) of the objects of at least
-    ``min_size`` pixels, in the labels' pixels; None when there are none."""
-    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
-    areas = areas[areas >= max(1, int(min_size))]
-    if areas.size == 0:
-        return None
-    return 2.0 * math.sqrt(float(np.median(areas)) / math.pi)
-
-
 def inscribed_diameter(foreground: np.ndarray, min_size: int = 1) -> float | None:
     """Median, over the foreground's pieces of at least ``min_size`` pixels weighted by
     their area (specks do not count), of twice the largest distance to the background
-    inside the piece: the diameter of the largest disc it holds. Touching objects merged into one piece and objects the watershed cut into
-    fragments both keep their own width, so this measures the objects where the first
+    inside the piece: the diameter of the largest disc it holds. Touching objects merged
+    into one piece and objects the watershed cut into fragments both keep their own width, so this measures the objects where the first
     pass's instances would not. None when there is no piece."""
     from scipy import ndimage
 
@@ -143,9 +133,9 @@ def upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         inside = (labels[r0:r1, c0:c1] == index).astype(np.float32)
         y0, y1 = int(np.floor(r0 * sy)), min(int(np.ceil(r1 * sy)), shape[0])
         x0, x1 = int(np.floor(c0 * sx)), min(int(np.ceil(c1 * sx)), shape[1])
-        u = np.clip((np.arange(y0, y1) + 0.5) / sy - 0.5, 0, h - 1) - r0
-        v = np.clip((np.arange(x0, x1) + 0.5) / sx - 0.5, 0, w - 1) - c0
-        u, v = np.clip(u, 0, r1 - r0 - 1), np.clip(v, 0, c1 - c0 - 1)
+        # source coordinates of the box's pixels, clamped to the crop (its margin is background)
+        u = np.clip((np.arange(y0, y1) + 0.5) / sy - 0.5 - r0, 0, r1 - r0 - 1)
+        v = np.clip((np.arange(x0, x1) + 0.5) / sx - 0.5 - c0, 0, c1 - c0 - 1)
         i0, j0 = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
         i1, j1 = np.minimum(i0 + 1, r1 - r0 - 1), np.minimum(j0 + 1, c1 - c0 - 1)
         fu, fv = (u - i0).astype(np.float32)[:, None], (v - j0).astype(np.float32)[None, :]

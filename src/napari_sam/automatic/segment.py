@@ -59,9 +59,9 @@ class AutomaticSegmenter:
         Read (and write) tile embeddings in this cache, the one ``napari-sam embed`` fills
         (only with the project's normalisation: micro-sam's min-max scaling is another input).
     object_size : "auto", float or None
-        AIS only (:mod:`.scale`). ``"auto"`` (default): when the decoder has a preferred
-        object size (decoders trained here), measure the objects of a first pass and, if
-        they are far from it, decode the plane again resized to it. A number: the typical
+        :mod:`.scale`. ``"auto"`` (default): when the decoder (or, in AMG, the ``sizer``) has
+        a preferred object size (decoders trained here), measure the objects of a first pass
+        and, if they are far from it, segment the plane again resized to it. A number: the typical
         object diameter in plane pixels (one pass, resized). None: the plane as it is.
     sizer : InstanceDecoder, optional
         AMG only: a decoder with a preferred object size (:func:`~.loading.sizing_decoder`,
@@ -161,6 +161,39 @@ class AutomaticSegmenter:
                       progress=progress, cancel=cancel)
         return self.segment_scaled(plane, common)[0]
 
+    def segment_scaled(self, plane: np.ndarray, common: dict) -> tuple[np.ndarray, float]:
+        """Labels of ``plane`` and the resize factor they were made at (:mod:`.scale`)."""
+        factor, maps = self._scale(plane, common)
+        if self.mode == "amg":
+            return self._amg(plane, common, factor), factor
+        if maps is None or factor != 1.0:  # the first pass's maps serve when no resize is asked
+            maps = self._maps(plane, common, factor)
+        return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), factor
+
+    def _scale(self, plane: np.ndarray, common: dict) -> tuple[float, np.ndarray | None]:
+        """The resize factor for ``plane``, and the sizing decoder's first-pass maps when it
+        was measured (None when the size was given or there is none to resize to)."""
+        from . import scale
+
+        preferred = self.preferred_size if self.object_size is not None else None
+        if preferred is None:
+            return 1.0, None
+        pixel_scale = scale.input_scale(self.model.image_size, self.tile_size or self.model.image_size, plane.shape)
+        if self.object_size != "auto":
+            return scale.scale_for_size(self.object_size, preferred, pixel_scale), None
+        maps = decoder_maps(self.model, self.sizer, plane, embed=self._embedder(plane), **common)
+        foreground = maps[0] > self.watershed.foreground_threshold
+        return scale.measured_scale(foreground, preferred, pixel_scale, max(self.watershed.min_size, 9)), maps
+
+    def _maps(self, plane: np.ndarray, common: dict, factor: float) -> np.ndarray:
+        """The decoder's maps of ``plane`` decoded resized by ``factor``, at the plane's shape."""
+        from . import scale
+
+        if factor == 1.0:
+            return decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
+        maps = decoder_maps(self.model, self.decoder, scale.resize_plane(plane, factor), **common)
+        return scale.resize_maps(maps, plane.shape[:2])
+
     def _amg(self, plane: np.ndarray, common: dict, factor: float) -> np.ndarray:
         """AMG labels of ``plane``, the point grid run on it resized by ``factor``."""
         from . import scale
@@ -173,44 +206,6 @@ class AutomaticSegmenter:
         if factor < 1.0:  # made on a shrunk plane: smooth outlines at the plane's resolution
             return scale.upsample_labels(labels, plane.shape[:2])
         return scale.resize_labels(labels, plane.shape[:2])
-
-    def _first_pass_scale(self, plane: np.ndarray, common: dict, preferred: float, pixel_scale: float):
-        """(maps, factor): the sizing decoder's maps of the plane as it is, and the factor they ask for."""
-        from . import scale
-
-        maps = decoder_maps(self.model, self.sizer, plane, embed=self._embedder(plane), **common)
-        foreground = maps[0] > self.watershed.foreground_threshold
-        return maps, scale.measured_scale(foreground, preferred, pixel_scale, max(self.watershed.min_size, 9))
-
-    def segment_scaled(self, plane: np.ndarray, common: dict) -> tuple[np.ndarray, float]:
-        """Labels of ``plane`` and the resize factor they were made at (:mod:`.scale`)."""
-        from . import scale
-
-        preferred = self.preferred_size if self.object_size is not None else None
-        pixel_scale = scale.input_scale(self.model.image_size, self.tile_size or self.model.image_size, plane.shape)
-        if self.mode == "amg":
-            factor = 1.0
-            if preferred is not None and self.object_size != "auto":
-                factor = scale.scale_for_size(self.object_size, preferred, pixel_scale)
-            elif preferred is not None:
-                factor = self._first_pass_scale(plane, common, preferred, pixel_scale)[1]
-            return self._amg(plane, common, factor), factor
-        if preferred is not None and self.object_size != "auto":
-            factor = scale.scale_for_size(self.object_size, preferred, pixel_scale)
-        else:
-            if preferred is None:
-                maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
-                return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), 1.0
-            maps, factor = self._first_pass_scale(plane, common, preferred, pixel_scale)
-            if factor == 1.0:
-                return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), 1.0
-            del maps
-        if factor == 1.0:
-            maps = decoder_maps(self.model, self.decoder, plane, embed=self._embedder(plane), **common)
-        else:
-            maps = decoder_maps(self.model, self.decoder, scale.resize_plane(plane, factor), **common)
-            maps = scale.resize_maps(maps, plane.shape[:2])
-        return instances_from_maps(maps[0], maps[1], maps[2], self.watershed), factor
 
 
 # --------------------------------------------------------------------------------------
@@ -243,7 +238,7 @@ class SegmentAllJob:
     min_size : int, optional
         Replaces ``watershed.min_size`` and ``amg.min_area`` when given.
     object_size : "auto", float or None
-        AIS's object size (see :class:`AutomaticSegmenter`).
+        The object size (see :class:`AutomaticSegmenter`).
     """
 
     path: str
