@@ -35,7 +35,8 @@ import tifffile
 import torch
 from scipy import ndimage
 
-EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import EVAL  # noqa: E402  (the evaluation images: ../shared/eval or $NAPARI_SAM_EVAL)
 
 SOURCES = {
     # name: (folder, glob, description)

@@ -121,17 +121,12 @@ def _draw_image(rng: np.random.Generator, shape: tuple[int, int], fluorescence_s
 
     A share ``hazy_share`` (drawn first, only when > 0) is a slice of a widefield z-stack:
     crowded nuclei of 6-40 px under strong blur and out-of-focus light
-    (``synthetic.generate``'s ``out_of_focus`` and ``psf_sigma``).
+    (:func:`~napari_sam.synthetic.widefield_slice` with its defaults).
     """
     from .. import synthetic
 
     if hazy_share > 0 and rng.random() < hazy_share:
-        centre = float(np.exp(rng.uniform(np.log(6.0), np.log(40.0))))
-        sample = synthetic.generate(
-            shape, modality="fluorescence", kinds=("nucleus",), dtype=np.uint16 if rng.random() < 0.6 else np.uint8,
-            density=float(rng.uniform(0.25, 0.6)), size_range=(0.75 * centre, 1.3 * centre),
-            out_of_focus=float(rng.uniform(0.2, 1.2)), psf_sigma=max(0.5, float(rng.uniform(0.05, 0.3)) * centre),
-            noise_scale=float(np.exp(rng.uniform(0.0, np.log(3.0)))), seed=seed)
+        sample = synthetic.widefield_slice(shape, rng, seed)
         return sample.image, sample.labels
     if rng.random() < fluorescence_share:
         dtype = np.uint16 if rng.random() < 0.3 else np.uint8

@@ -57,6 +57,7 @@ __all__ = [
     "generate",
     "random_training_image",
     "sample_nuclei",
+    "widefield_slice",
 ]
 
 @dataclass
@@ -160,6 +161,32 @@ def generate(
     return _generate(
         shape, modality, kinds, density, size_range, dtype, _make_rng(seed, rng), overrides, noise_scale=noise_scale
     )
+
+
+def widefield_slice(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    seed,
+    *,
+    sizes: tuple[float, float] = (6.0, 40.0),
+    density: tuple[float, float] = (0.25, 0.6),
+    out_of_focus: tuple[float, float] = (0.2, 1.2),
+    blur: tuple[float, float] = (0.05, 0.3),
+) -> SyntheticImage:
+    """A slice of a widefield z-stack of fluorescence nuclei, its look drawn from ``rng``.
+
+    Drawn in this order: a typical nucleus size log-uniform in ``sizes`` (objects within
+    0.75-1.3x of it), 16-bit for 60 % (else 8-bit), the covered fraction from ``density``,
+    the out-of-focus light from ``out_of_focus`` (:func:`generate`'s option), the optics'
+    blur as a fraction ``blur`` of the size (at least 0.5 px), and 1-3x the noise
+    (log-uniform). ``seed`` seeds :func:`generate` itself.
+    """
+    centre = float(np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]))))
+    return generate(
+        shape, modality="fluorescence", kinds=("nucleus",), dtype=np.uint16 if rng.random() < 0.6 else np.uint8,
+        density=float(rng.uniform(*density)), size_range=(0.75 * centre, 1.3 * centre),
+        out_of_focus=float(rng.uniform(*out_of_focus)), psf_sigma=max(0.5, float(rng.uniform(*blur)) * centre),
+        noise_scale=float(np.exp(rng.uniform(0.0, np.log(3.0)))), seed=seed)
 
 
 def random_training_image(

@@ -212,25 +212,20 @@ ZSTACK_SHARE = 0.5  # share of stage-4 "zstack" images that are slices of widefi
 def zstack_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED, share: float = ZSTACK_SHARE):
     """Stage 4's "zstack" set: a share ``share`` of slices of widefield z-stacks (crowded
     nuclei of 6-56 px under strong blur and out-of-focus light, 8 and 16 bit, some at low
-    SNR: ``synthetic.generate``'s ``out_of_focus`` and ``psf_sigma``), the rest stage 3's
+    SNR: :func:`~napari_sam.synthetic.widefield_slice`), the rest stage 3's
     kinds in turn (``ZSTACK_OTHER_KINDS``), so rods, spots and cells keep their quality.
     Returns (images, labels, kind per label) lists, as ``balanced_images``.
     """
     import numpy as np
 
-    from ..synthetic import generate
+    from ..synthetic import widefield_slice
 
     rng = np.random.default_rng(seed)
     images = []
     for index in range(count):
         if rng.random() < share:
-            centre = float(np.exp(rng.uniform(np.log(6.0), np.log(56.0))))
-            sample = generate(
-                IMAGE_SHAPE, modality="fluorescence", kinds=("nucleus",), seed=[seed, index],
-                dtype=np.uint16 if rng.random() < 0.6 else np.uint8, density=float(rng.uniform(0.2, 0.6)),
-                size_range=(0.75 * centre, 1.3 * centre), out_of_focus=float(rng.uniform(0.1, 1.2)),
-                psf_sigma=max(0.5, float(rng.uniform(0.03, 0.3)) * centre),
-                noise_scale=float(np.exp(rng.uniform(0.0, np.log(3.0)))))
+            sample = widefield_slice(IMAGE_SHAPE, rng, [seed, index], sizes=(6.0, 56.0), density=(0.2, 0.6),
+                                     out_of_focus=(0.1, 1.2), blur=(0.03, 0.3))
             images.append((sample.image, sample.labels, {int(k): str(v) for k, v in sample.classes.items()}))
         else:
             kinds = ZSTACK_OTHER_KINDS[index % len(ZSTACK_OTHER_KINDS)]
