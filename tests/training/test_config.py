@@ -19,7 +19,7 @@ def test_named_recipes():
 
 def test_every_setting_has_one_flat_option_name_and_round_trips():
     names = option_names()
-    assert len(names) == 44 and {"lr", "rounds", "loss_resolution", "text_probability", "lora_rank"} <= set(names)
+    assert len(names) == 45 and {"lr", "rounds", "loss_resolution", "text_probability", "lora_rank", "anchor_weight"} <= set(names)
     assert all(name in names for recipe in RECIPES.values() for name in recipe)
     config = TrainConfig.from_options(lr=3e-4, rounds=5, loss_resolution="input", text_focal_weight=5.0,
                                       lora_targets=["qkv", "proj"], synthetic_shape=[96, 96], flips=False)

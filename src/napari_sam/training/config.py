@@ -103,6 +103,10 @@ class LossConfig:
     resolution : ``"low"``: on the low-res logit grid against area-downsampled targets;
         ``"input"``: on logits upsampled to the model input against full-resolution masks
         (learns edges finer than a low-res pixel). Option ``loss_resolution``.
+    anchor_weight : on samples marked ``anchor``, weight of a loss that keeps the answers of
+        the model the run started from (the embedding's mean squared change over its
+        variance, plus the binary cross-entropy of every round's logits against that
+        model's probabilities for the same prompts); 0 (default): off.
     """
 
     focal_weight: float = 20.0
@@ -111,8 +115,11 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     resolution: str = _option("low", "loss_resolution")
+    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.resolution not in ("low", "input"):
             raise ValueError(f"loss_resolution must be 'low' or 'input', got {self.resolution!r}")
 

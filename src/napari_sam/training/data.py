@@ -47,12 +47,15 @@ class Sample:
         Where it came from, for messages (``"cells.tif[3]"``).
     classes : dict, optional
         Object kind of each label id (``{3: "nucleus"}``), for text prompts.
+    anchor : bool
+        Keep the starting model's answers on this sample (``anchor_weight``).
     """
 
     image: np.ndarray
     labels: np.ndarray
     name: str = ""
     classes: dict[int, str] | None = None
+    anchor: bool = False
 
     def object_ids(self) -> np.ndarray:
         ids = np.unique(self.labels)
@@ -298,6 +301,7 @@ class Prepared:
     labels: np.ndarray  # (h, w) int32 (int64 for huge ids)
     object_ids: np.ndarray  # (n,) int64
     classes: dict[int, str] | None = None  # label id -> object kind, for text prompts
+    anchor: bool = False  # keep the starting model's answers here (``anchor_weight``)
 
 
 def patch_kinds(
@@ -345,7 +349,7 @@ def prepare(sample: Sample, image_size: int, min_object_pixels: int = 10) -> Pre
     labels = resize_labels(sample.labels, resized_shape(sample.labels.shape, image_size))
     if labels.max(initial=0) < 2**31:
         labels = labels.astype(np.int32)  # half the memory of every prepared sample
-    return Prepared(image, labels, large_objects(labels, min_object_pixels), sample.classes)
+    return Prepared(image, labels, large_objects(labels, min_object_pixels), sample.classes, sample.anchor)
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,12 @@ def mixed_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED):
     return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
+def mixed_anchors(count: int = STAGE4_IMAGES) -> list[bool]:
+    """Which of ``mixed_images``'s images keep stage 3's answers under ``--stage4-anchor``:
+    the fluorescence ones, the modality stage 3 was trained on."""
+    return [STAGE4_MIX[index % len(STAGE4_MIX)][0] == "fluorescence" for index in range(count)]
+
+
 #: Kinds drawn in turn for ``zstack_images``'s images that are not z-stack slices.
 ZSTACK_OTHER_KINDS = BALANCED_KINDS
 ZSTACK_SHARE = 0.5  # share of stage-4 "zstack" images that are slices of widefield z-stacks
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from .text_prompts import HELD_OUT_SYNONYMS, TRAINING_PHRASES
     from .config import TrainConfig
     from .finetuning import finetune
+    from .growth import grow_encoder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
@@ -337,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage4-set", choices=("mixed", "zstack"), default="mixed",
                         help="stage 4's images: every modality (mixed) or fluorescence with widefield "
                              "z-stack slices (zstack)")
+    parser.add_argument("--stage4-grow", type=int, default=0,
+                        help="ViT blocks added to the encoder before stage 4, each starting as the identity "
+                             "(training/growth.py; default 0)")
+    parser.add_argument("--stage4-anchor", type=float, default=0.0,
+                        help="weight of the loss keeping stage 3's answers on stage 4's fluorescence images "
+                             "(anchor_weight; default 0: off; mixed set only)")
     parser.add_argument("--from-stage3", type=Path, default=None,
                         help="skip stages 0-3 and run stage 4 from this saved stage-3 model "
                              "(a full run writes it beside --out as <name>.stage3.pt)")
@@ -352,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
               "kind_weight": args.stage3_kind_weight, "text_probability": args.stage3_text_probability,
               "loss_resolution": args.loss_resolution}
     stage4 = {**STAGE4_TRAINING, "epochs": args.stage4_epochs, "lr": args.stage4_lr,
-              "loss_resolution": args.loss_resolution}
+              "loss_resolution": args.loss_resolution, "anchor_weight": args.stage4_anchor}
+    if args.stage4_anchor and args.stage4_set != "mixed":
+        parser.error("--stage4-anchor marks the fluorescence images of the mixed set; use --stage4-set mixed")
     if args.from_stage2 is not None and args.from_stage3 is not None:
         parser.error("give --from-stage2 or --from-stage3, not both")
     if args.from_stage3 is not None and not args.stage4_epochs:
@@ -416,7 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         # rods), with fluorescence nuclei kept at a third of the images.
         print("stage 4", flush=True)
         images = (mixed_images if args.stage4_set == "mixed" else zstack_images)(args.stage4_images)
-        result = finetune(as_samples(*images, args.stage4_set), base=sam, out=args.out,
+        samples = as_samples(*images, args.stage4_set)
+        if args.stage4_anchor:
+            for sample, anchored in zip(samples, mixed_anchors(len(samples))):
+                sample.anchor = anchored
+        if args.stage4_grow:
+            sam = grow_encoder(sam, args.stage4_grow)
+        result = finetune(samples, base=sam, out=args.out,
                           config=TrainConfig.from_options(**stage4), on_progress=log, cancel=stop_file.exists)
     metadata = dict(result.model.metadata or {})
     metadata.pop("checkpoint", None)  # where --from-stage2/3 was read from: not this file's origin

@@ -19,10 +19,11 @@ a function of its generator's seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import InteractionConfig
 from .data import Prepared
@@ -49,6 +50,31 @@ class RoundLosses:
     box_first: bool
 
 
+@dataclass
+class Anchor:
+    """The starting model's answers on one image, which ``anchor_weight`` keeps.
+
+    ``sam`` is a frozen copy of the model the run started from and ``embedding`` its
+    embedding of the image; :meth:`loss` decodes the same prompts with them and scores the
+    trained model's logits against those probabilities. ``values`` collects each loss.
+    """
+
+    sam: torch.nn.Module
+    embedding: torch.Tensor
+    weight: float
+    values: list[float] = field(default_factory=list)
+
+    def loss(self, logits: torch.Tensor, *prompts, multimask: bool, text: torch.Tensor | None) -> torch.Tensor:
+        """``weight`` x the binary cross-entropy of ``logits`` (B, K, h, w) against the
+        starting model's probabilities for the same ``prompts`` (points, labels, boxes,
+        mask input)."""
+        with torch.no_grad():
+            target, _ = self.sam.decode(self.embedding, *prompts, multimask, text_embeddings=text)
+        loss = self.weight * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(target))
+        self.values.append(float(loss.detach()))
+        return loss
+
+
 def draw_text(
     phrases: PhraseBank | None, prepared: Prepared, ids: Sequence[int], rng: np.random.Generator, probability: float
 ) -> tuple[bool, torch.Tensor | None]:
@@ -72,6 +98,7 @@ def interaction_rounds(
     config: InteractionConfig,
     rng: np.random.Generator,
     text: torch.Tensor | None = None,
+    anchor: Anchor | None = None,
 ) -> RoundLosses:
     """Run and back-propagate the rounds of clicks on ``B`` objects of one image.
 
@@ -89,6 +116,8 @@ def interaction_rounds(
     rng : numpy Generator
     text : (B, text_dim), optional
         A phrase embedding per object, given beside the points / box in every round.
+    anchor : Anchor, optional
+        Adds its loss to every round's.
     """
     batch, shape = masks.shape[0], masks.shape[1:]
     device = embedding.device
@@ -121,7 +150,11 @@ def interaction_rounds(
             embedding, point_coords, point_labels, boxes, mask_input, round_.multimask, text_embeddings=text
         )
         loss = targets.loss(logits, iou, weights)
-        (loss.total / len(schedule)).backward()
+        total = loss.total
+        if anchor is not None:
+            total = total + anchor.loss(logits, point_coords, point_labels, boxes, mask_input,
+                                        multimask=round_.multimask, text=text)
+        (total / len(schedule)).backward()
         # The candidate that was trained is the one the next round refines, without a graph.
         mask_input = logits[torch.arange(batch, device=logits.device), loss.best][:, None].detach()
         losses.append(float(loss.total.detach()))
@@ -139,6 +172,7 @@ def text_only_rounds(
     rng: np.random.Generator,
     resolution: str,
     weights: LossWeights,
+    anchor: Anchor | None = None,
 ) -> float | None:
     """Segment every kind present in ``prepared`` (and one absent) from text alone; back-propagate.
 
@@ -159,7 +193,10 @@ def text_only_rounds(
     for _ in range(TEXT_ONLY_ROUNDS):
         logits, iou = sam.decode(embedding, mask_inputs=mask_input, multimask=False, text_embeddings=text)
         loss = targets.loss(logits, iou, weights)
-        (loss.total / TEXT_ONLY_ROUNDS).backward()
+        total = loss.total
+        if anchor is not None:
+            total = total + anchor.loss(logits, None, None, None, mask_input, multimask=False, text=text)
+        (total / TEXT_ONLY_ROUNDS).backward()
         mask_input = logits.detach()
         losses.append(float(loss.total.detach()))
     return float(np.mean(losses))

@@ -10,6 +10,7 @@ A step whose loss or updated weights are not finite stops the run with
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -25,7 +26,7 @@ import torch
 from .config import OptimiserConfig, TrainConfig
 from .data import Sample, SampleSet, Step, SyntheticSet
 from .embedding import Embedder
-from .interaction import draw_text, interaction_rounds, text_only_rounds
+from .interaction import Anchor, draw_text, interaction_rounds, text_only_rounds
 from .lora import configure_trainable, encoder_is_trained, merge_lora
 from .objectives import KindHead, loss_targets
 from .state import STATE_FORMAT, STATE_VERSION, assign, check_resumable, copy_tensors, fingerprint, save_train_state
@@ -118,6 +119,10 @@ class Trainer:
         self.config = config
         self.device = select_device(config.device)
         self.sam = sam.to(self.device).eval()  # SAM has no dropout; TinyViT's BatchNorm stays frozen
+        self.anchor_sam = None
+        if config.loss.anchor_weight > 0:
+            # The model as the run starts: what anchored samples keep (frozen, never trained).
+            self.anchor_sam = copy.deepcopy(self.sam).requires_grad_(False)
         torch.manual_seed(config.seed)  # LoRA's initial weights
         frozen = list(self.sam.parameters())
         self.params = configure_trainable(self.sam, config.train, config.lora.rank, config.lora.alpha,
@@ -137,6 +142,8 @@ class Trainer:
         self.on_progress = on_progress
         self.cancel = cancel
         self.embed = Embedder(self.sam, int(config.cache_megabytes) * 2**20)
+        if self.anchor_sam is not None:
+            self.anchor_embed = Embedder(self.anchor_sam, int(config.cache_megabytes) * 2**20)
         self.phrases = None
         if config.text.probability > 0:
             if not getattr(self.sam, "supports_text", False):
@@ -244,12 +251,22 @@ class Trainer:
             # Each round back-propagates into this leaf; the encoder runs backward once.
             encoder_output, embedding = embedding, embedding.detach().requires_grad_(True)
 
+        anchor = None
+        if self.anchor_sam is not None and augmented.anchor:
+            anchor_embedding = self.anchor_embed(augmented.image, key, grad=False)
+            anchor = Anchor(self.anchor_sam, anchor_embedding, config.loss.anchor_weight)
+            if self.encoder_trained:
+                change = torch.mean((embedding - anchor_embedding) ** 2) / anchor_embedding.var().clamp_min(1e-8)
+                (anchor.weight * change).backward()
+                anchor.values.append(float(anchor.weight * change.detach()))
+
         use_text, text = draw_text(self.phrases, augmented, ids, rng, config.text.probability)
-        rounds = interaction_rounds(self.sam, embedding, masks, targets, self.weights, config.interaction, rng, text)
+        rounds = interaction_rounds(self.sam, embedding, masks, targets, self.weights, config.interaction, rng, text,
+                                    anchor)
         text_only = None
         if use_text:
             text_only = text_only_rounds(self.sam, embedding, augmented, self.phrases, rng, config.loss.resolution,
-                                         self.text_weights)
+                                         self.text_weights, anchor)
         kind = None
         if self.kind_head is not None:
             kind_loss = self.kind_head.loss(embedding, augmented, self.sam.image_size)
@@ -265,6 +282,7 @@ class Trainer:
             "box_first": rounds.box_first,
             "text_only_loss": float("nan") if text_only is None else text_only,
             "kind_loss": float("nan") if kind is None else kind,
+            "anchor_loss": float("nan") if anchor is None else float(np.sum(anchor.values)),
         }
         self._check_losses(metrics["loss"], text_only, kind)
         if self.encoder_trained:
