@@ -38,6 +38,7 @@ from scipy import ndimage
 from ..imaging import DEFAULT_NORMALIZATION, Normalization
 from ..inference import transforms
 from ..inference.encoding import encode_plane
+from ..inference.predictor import stability_scores
 from ..inference.tiling import Tile
 from ..model.family import ModelFamily
 from .ais import Progress, SegmentationCancelled, TileEmbedder, _Pixels, tile_grid
@@ -276,9 +277,7 @@ def _tile_candidates(model, embedding, points_rc: np.ndarray, tile: Tile, option
             continue
         logits = transforms.upscale_logits(low_res[keep][None], frame.input_size, frame.original_size,
                                            frame.image_size)[0]
-        high = (logits > threshold + offset).flatten(1).sum(1)
-        low = (logits > threshold - offset).flatten(1).sum(1)
-        stability = torch.where(low > 0, high.float() / low.clamp(min=1).float(), torch.zeros_like(high, dtype=torch.float))
+        stability = stability_scores(logits, threshold, offset)
         masks = (logits > threshold).cpu().numpy()
         for mask, score, stable in zip(masks, iou[keep].tolist(), stability.tolist()):
             if stable < options.stability_score_thresh:

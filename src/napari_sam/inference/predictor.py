@@ -46,6 +46,32 @@ def _is_plane(image) -> bool:
             and np.dtype(dtype).kind in "biuf")
 
 
+RANKINGS = ("iou", "iou+stability")
+STABILITY_OFFSET = 1.0  # logits, SAM's stability_score_offset
+
+
+def stability_scores(logits: torch.Tensor, threshold: float = 0.0, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """SAM's stability score of each mask: the IoU of the masks thresholded at
+    ``threshold + offset`` and ``threshold - offset``; ``(K, h, w)`` -> ``(K,)`` float32
+    (0 for a mask empty at the lower threshold)."""
+    high = (logits > threshold + offset).flatten(1).sum(1)
+    low = (logits > threshold - offset).flatten(1).sum(1)
+    return torch.where(low > 0, high.float() / low.clamp(min=1).float(), torch.zeros_like(high, dtype=torch.float))
+
+
+def ranking_keys(model: ModelFamily, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """What candidates are ranked by: the predicted IoU ``scores`` (K,), or, for a model
+    whose sidecar says ``"ranking": "iou+stability"``, predicted IoU + stability score of
+    the low-res ``logits`` (K, h, w) (docs/models.md: the default model's IoU head ties
+    a part of an object with the whole, and the whole is the stabler mask)."""
+    ranking = (getattr(model, "metadata", None) or {}).get("ranking", "iou")
+    if ranking not in RANKINGS:
+        raise ValueError(f"the model's sidecar has ranking {ranking!r}; expected one of {RANKINGS}")
+    if ranking == "iou":
+        return scores
+    return scores.float() + stability_scores(logits.float(), float(model.mask_threshold)).to(scores.device)
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Candidate masks for one prompt, best first.
@@ -359,8 +385,9 @@ class Predictor:
         return vector
 
     def _rank(self, embedding: Embedding, low_res: torch.Tensor, scores: torch.Tensor) -> Candidates:
-        """``low_res (K, h, w)``, ``scores (K,)`` -> Candidates at plane resolution, best first."""
-        order = torch.argsort(scores, descending=True)
+        """``low_res (K, h, w)``, ``scores (K,)`` -> Candidates at plane resolution, best first
+        (by :func:`ranking_keys`)."""
+        order = torch.argsort(ranking_keys(self.model, low_res, scores), descending=True)
         low_res, scores = low_res[order], scores[order]
         masks = transforms.upscale_masks(
             low_res[None], embedding.input_size, embedding.original_size, embedding.image_size,

@@ -106,7 +106,8 @@ class LossConfig:
     anchor_weight : on samples marked ``anchor``, weight of a loss that keeps the answers of
         the model the run started from (the embedding's mean squared change over its
         variance, plus the binary cross-entropy of every round's logits against that
-        model's probabilities for the same prompts); 0 (default): off.
+        model's probabilities for the same prompts and the squared error of its predicted
+        IoUs against that model's); 0 (default): off.
     """
 
     focal_weight: float = 20.0

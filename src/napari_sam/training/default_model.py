@@ -350,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage4-anchor", type=float, default=0.0,
                         help="weight of the loss keeping stage 3's answers on stage 4's fluorescence images "
                              "(anchor_weight; default 0: off; mixed set only)")
+    parser.add_argument("--stage4-hazy", type=int, default=0,
+                        help="widefield z-stack slices added to stage 4's mixed set (zstack_images), anchored "
+                             "with --stage4-anchor (default 0)")
+    parser.add_argument("--ranking", choices=("iou", "iou+stability"), default="iou",
+                        help="how the saved model's candidates are ranked (sidecar \"ranking\"; "
+                             "inference.predictor.ranking_keys)")
     parser.add_argument("--from-stage3", type=Path, default=None,
                         help="skip stages 0-3 and run stage 4 from this saved stage-3 model "
                              "(a full run writes it beside --out as <name>.stage3.pt)")
@@ -435,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage4_anchor:
             for sample, anchored in zip(samples, mixed_anchors(len(samples))):
                 sample.anchor = anchored
+        if args.stage4_hazy:
+            hazy = as_samples(*zstack_images(args.stage4_hazy, seed=STAGE4_SEED + 1, share=1.0), "hazy")
+            for sample in hazy:
+                sample.anchor = bool(args.stage4_anchor)
+            samples += hazy
         if args.stage4_grow:
             sam = grow_encoder(sam, args.stage4_grow)
         result = finetune(samples, base=sam, out=args.out,
@@ -453,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             "complete": not result.cancelled,
         }
     )
+    if args.ranking != "iou":
+        metadata["ranking"] = args.ranking
     save_model(result.model, args.out, metadata=metadata)
     print(f"saved {args.out}")
     return 0

@@ -64,13 +64,15 @@ class Anchor:
     weight: float
     values: list[float] = field(default_factory=list)
 
-    def loss(self, logits: torch.Tensor, *prompts, multimask: bool, text: torch.Tensor | None) -> torch.Tensor:
-        """``weight`` x the binary cross-entropy of ``logits`` (B, K, h, w) against the
-        starting model's probabilities for the same ``prompts`` (points, labels, boxes,
-        mask input)."""
+    def loss(self, logits: torch.Tensor, iou: torch.Tensor, *prompts, multimask: bool,
+             text: torch.Tensor | None) -> torch.Tensor:
+        """``weight`` x (the binary cross-entropy of ``logits`` (B, K, h, w) against the
+        starting model's probabilities for the same ``prompts`` (points, labels, boxes, mask
+        input) + the squared error of the predicted ``iou`` (B, K) against its)."""
         with torch.no_grad():
-            target, _ = self.sam.decode(self.embedding, *prompts, multimask, text_embeddings=text)
-        loss = self.weight * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(target))
+            target, target_iou = self.sam.decode(self.embedding, *prompts, multimask, text_embeddings=text)
+        loss = self.weight * (F.binary_cross_entropy_with_logits(logits, torch.sigmoid(target))
+                              + F.mse_loss(iou, target_iou))
         self.values.append(float(loss.detach()))
         return loss
 
@@ -152,7 +154,7 @@ def interaction_rounds(
         loss = targets.loss(logits, iou, weights)
         total = loss.total
         if anchor is not None:
-            total = total + anchor.loss(logits, point_coords, point_labels, boxes, mask_input,
+            total = total + anchor.loss(logits, iou, point_coords, point_labels, boxes, mask_input,
                                         multimask=round_.multimask, text=text)
         (total / len(schedule)).backward()
         # The candidate that was trained is the one the next round refines, without a graph.
@@ -195,7 +197,7 @@ def text_only_rounds(
         loss = targets.loss(logits, iou, weights)
         total = loss.total
         if anchor is not None:
-            total = total + anchor.loss(logits, None, None, None, mask_input, multimask=False, text=text)
+            total = total + anchor.loss(logits, iou, None, None, None, mask_input, multimask=False, text=text)
         (total / TEXT_ONLY_ROUNDS).backward()
         mask_input = logits.detach()
         losses.append(float(loss.total.detach()))
