@@ -59,3 +59,33 @@ def test_lora_finetune_saves_a_standard_model_that_load_model_reads(tmp_path):
     # the LoRA update was trained: the encoder differs from the base
     with torch.no_grad():
         assert not torch.allclose(loaded.encode(x), tiny_sam().encode(x), atol=1e-6)
+
+
+def test_iou_head_mode_reranks_without_changing_any_mask():
+    import numpy as np
+    import torch
+    from training_samples import disc_images
+
+    from napari_sam.training import TrainConfig, finetune
+
+    sam = tiny_sam()
+    configure_trainable(sam, "iou_head")
+    names = {n for n, p in sam.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("mask_decoder.iou_prediction_head.") for n in names)
+
+    images, labels = disc_images(3)
+    base = tiny_sam()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    result = finetune(images, labels, base=base, config=TrainConfig.from_options(
+        train="iou_head", epochs=2, lr=1e-2, rounds=1, device="cpu"))
+    after = result.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("mask_decoder.iou_prediction_head.") for k in changed)
+    embedding = torch.randn(1, *result.model.image_encoder(torch.zeros(1, 3, 64, 64)).shape[1:])
+    points, point_labels = torch.tensor([[[20.0, 30.0]]]), torch.ones(1, 1, dtype=torch.long)
+    fresh = tiny_sam()
+    with torch.no_grad():
+        masks, scores = result.model.decode(embedding, points, point_labels)
+        want_masks, want_scores = fresh.decode(embedding, points, point_labels)
+    torch.testing.assert_close(masks, want_masks, rtol=0, atol=0)
+    assert not np.allclose(scores.numpy(), want_scores.numpy())

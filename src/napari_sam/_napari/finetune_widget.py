@@ -46,6 +46,7 @@ TRAIN_CHOICES = {
     "decoder+prompt": "mask decoder + prompt encoder",
     "lora": "LoRA adapters in the image encoder + decoder",
     "all": "everything (needs a GPU for large models)",
+    "iou_head": "the IoU head only: re-ranks the candidates, masks unchanged",
 }
 RECIPE_TIPS = {
     "sam": "the SAM paper's: focal + dice 20:1, lr 1e-4, 11 interaction rounds",

@@ -18,6 +18,7 @@ See docs/models.md for the recipe, the log summary and the quality per source.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import TrainConfig
     from .finetuning import finetune
     from .growth import grow_encoder
+    from .interpolation import interpolate_weights
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("src/napari_sam/weights/default.pt"))
@@ -353,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage4-hazy", type=int, default=0,
                         help="widefield z-stack slices added to stage 4's mixed set (zstack_images), anchored "
                              "with --stage4-anchor (default 0)")
+    parser.add_argument("--stage4-interpolate", type=float, default=1.0,
+                        help="keep (1 - a) stage 3 + a stage 4 of every weight (training/interpolation.py; "
+                             "default 1: stage 4's weights)")
     parser.add_argument("--ranking", choices=("iou", "iou+stability"), default="iou",
                         help="how the saved model's candidates are ranked (sidecar \"ranking\"; "
                              "inference.predictor.ranking_keys)")
@@ -374,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
               "loss_resolution": args.loss_resolution, "anchor_weight": args.stage4_anchor}
     if args.stage4_anchor and args.stage4_set != "mixed":
         parser.error("--stage4-anchor marks the fluorescence images of the mixed set; use --stage4-set mixed")
+    if not 0 <= args.stage4_interpolate <= 1:
+        parser.error(f"--stage4-interpolate must be in [0, 1], got {args.stage4_interpolate}")
     if args.from_stage2 is not None and args.from_stage3 is not None:
         parser.error("give --from-stage2 or --from-stage3, not both")
     if args.from_stage3 is not None and not args.stage4_epochs:
@@ -448,8 +455,13 @@ def main(argv: list[str] | None = None) -> int:
             samples += hazy
         if args.stage4_grow:
             sam = grow_encoder(sam, args.stage4_grow)
+        start_model = copy.deepcopy(sam)  # finetune trains `sam` in place
         result = finetune(samples, base=sam, out=args.out,
                           config=TrainConfig.from_options(**stage4), on_progress=log, cancel=stop_file.exists)
+        if args.stage4_interpolate < 1:
+            interpolate_weights(start_model, result.model, args.stage4_interpolate)
+            print(f"stage 4 weights interpolated: {1 - args.stage4_interpolate:g} x stage 3 + "
+                  f"{args.stage4_interpolate:g} x stage 4", flush=True)
     metadata = dict(result.model.metadata or {})
     metadata.pop("checkpoint", None)  # where --from-stage2/3 was read from: not this file's origin
     metadata.update(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
+TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all", "iou_head")
 
 
 class LoRALinear(nn.Linear):
@@ -136,6 +136,10 @@ def configure_trainable(
             if isinstance(module, LoRALinear):
                 module.lora_a.requires_grad_(True)
                 module.lora_b.requires_grad_(True)
+    if mode == "iou_head":
+        # Only the head that ranks the candidates: the masks stay exactly as they are.
+        sam.mask_decoder.iou_prediction_head.requires_grad_(True)
+        return [p for p in sam.parameters() if p.requires_grad]
     sam.mask_decoder.requires_grad_(True)
     if mode in ("decoder+prompt", "all"):
         sam.prompt_encoder.requires_grad_(True)
