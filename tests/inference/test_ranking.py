@@ -61,3 +61,18 @@ def test_the_predictor_ranks_candidates_as_the_model_asks(ranking):
     assert np.all(np.diff(keys.numpy()) <= 1e-6)  # best first by the model's own rule
     by_iou = np.all(np.diff(candidates.scores) <= 0)
     assert by_iou == (ranking == "iou")  # here the stablest mask has the lowest predicted IoU
+
+
+def test_the_bundled_default_model_ranks_by_iou_and_stability_unless_its_sidecar_says_otherwise():
+    from napari_sam.inference.predictor import RANKING_PRESETS
+
+    assert RANKING_PRESETS == {"default": "iou+stability"}
+    scores = torch.tensor([0.30, 0.32, 0.10])
+    default = _Model()
+    default.metadata = {"name": "default"}
+    torch.testing.assert_close(ranking_keys(default, _logits(), scores), scores + stability_scores(_logits()))
+    default.metadata = {"name": "default", "ranking": "iou"}
+    torch.testing.assert_close(ranking_keys(default, _logits(), scores), scores)
+    other = _Model()
+    other.metadata = {"name": "vit_b"}
+    torch.testing.assert_close(ranking_keys(other, _logits(), scores), scores)

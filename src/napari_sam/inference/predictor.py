@@ -47,6 +47,9 @@ def _is_plane(image) -> bool:
 
 
 RANKINGS = ("iou", "iou+stability")
+#: The ranking of a model by its sidecar's ``"name"`` when the sidecar gives no ``"ranking"``
+#: (docs/models.md, "Ranking"); every other model ranks by predicted IoU, as SAM does.
+RANKING_PRESETS = {"default": "iou+stability"}
 STABILITY_OFFSET = 1.0  # logits, SAM's stability_score_offset
 
 
@@ -61,10 +64,12 @@ def stability_scores(logits: torch.Tensor, threshold: float = 0.0, offset: float
 
 def ranking_keys(model: ModelFamily, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """What candidates are ranked by: the predicted IoU ``scores`` (K,), or, for a model
-    whose sidecar says ``"ranking": "iou+stability"``, predicted IoU + stability score of
-    the low-res ``logits`` (K, h, w) (docs/models.md: the default model's IoU head ties
-    a part of an object with the whole, and the whole is the stabler mask)."""
-    ranking = (getattr(model, "metadata", None) or {}).get("ranking", "iou")
+    whose sidecar says ``"ranking": "iou+stability"`` (or whose name has that preset in
+    :data:`RANKING_PRESETS`), predicted IoU + stability score of the low-res ``logits``
+    (K, h, w) (docs/models.md: the default model's IoU head often ties a part of an object
+    with the whole, and the whole is the stabler mask)."""
+    metadata = getattr(model, "metadata", None) or {}
+    ranking = metadata.get("ranking", RANKING_PRESETS.get(metadata.get("name"), "iou"))
     if ranking not in RANKINGS:
         raise ValueError(f"the model's sidecar has ranking {ranking!r}; expected one of {RANKINGS}")
     if ranking == "iou":
