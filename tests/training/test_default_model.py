@@ -209,3 +209,35 @@ def test_stage_four_starts_from_a_saved_stage_three_model(tmp_path, capsys):
     assert model.supports_text and model.metadata["name"] == "default"
     before, after = load_model(tmp_path / "stage3.pt").state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # stage 4 trained it
+
+
+def test_stage_four_keeps_stage_three_with_anchors_growth_and_interpolation(tmp_path, capsys):
+    import torch
+    from tiny import TINY, build_tiny
+
+    from napari_sam import save_model
+    from napari_sam.inference.text import TEXT_DIM
+    from napari_sam.training.default_model import STAGE4_MIX, main, mixed_anchors
+
+    anchors = mixed_anchors(2 * len(STAGE4_MIX))
+    assert anchors == [STAGE4_MIX[i % len(STAGE4_MIX)][0] == "fluorescence" for i in range(2 * len(STAGE4_MIX))]
+    assert 0 < sum(anchors) < len(anchors)
+
+    stage3 = build_tiny({**TINY, "text_dim": TEXT_DIM})
+    save_model(stage3, tmp_path / "stage3.pt")
+    for bad, message in ((["--stage4-interpolate", "1.5"], "must be in [0, 1]"),
+                         (["--stage4-anchor", "1", "--stage4-set", "zstack"], "use --stage4-set mixed")):
+        with pytest.raises(SystemExit):
+            main(["--from-stage3", str(tmp_path / "stage3.pt"), "--stage4-epochs", "1", *bad,
+                  "--out", str(tmp_path / "x.pt")])
+        assert message in capsys.readouterr().err
+    main(["--from-stage3", str(tmp_path / "stage3.pt"), "--stage4-epochs", "1", "--stage4-images", "6",
+          "--stage4-hazy", "2", "--stage4-anchor", "1", "--stage4-grow", "1", "--stage4-interpolate", "0.5",
+          "--ranking", "iou+stability", "--out", str(tmp_path / "final.pt")])
+    assert "0.5 x stage 3 + 0.5 x stage 4" in capsys.readouterr().out
+    model = load_model(tmp_path / "final.pt")
+    assert model.config["depth"] == TINY["depth"] + 1 and model.metadata["ranking"] == "iou+stability"
+    before, after = stage3.state_dict(), model.state_dict()
+    assert not torch.equal(before["mask_decoder.iou_token.weight"], after["mask_decoder.iou_token.weight"])
+    # the grown block started as the identity (zero output layers) and was trained
+    assert after["image_encoder.blocks.2.mlp.lin2.weight"].abs().max() > 0
