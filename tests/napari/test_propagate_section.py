@@ -21,9 +21,9 @@ pytest.importorskip("pytestqt")
 
 from napari_sam.model import build_sam  # noqa: E402
 from napari_sam._napari.propagate_section import CURRENT, plane_seeds  # noqa: E402
-from napari_sam._napari.widget import AnnotateWidget  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "annotate"))  # the stand-in lives beside its tests
 from propagation_stand_in import GreyLevelPredictor  # noqa: E402
+from stack_widget import stack_widget  # noqa: E402
 from tiny import TINY, ellipse  # noqa: E402
 
 TIMEOUT = 30_000  # ms
@@ -64,19 +64,11 @@ def stack():
 def widget(make_napari_viewer, qtbot, tiny_model):
     """The widget on the stack at plane 6, label 3 drawn on plane 6 (selected), label 9 a
     stray pixel block on plane 0 (must be preserved)."""
-    viewer = make_napari_viewer()
     image = stack()
-    viewer.add_image(image)
     labels = np.zeros(image.shape, np.int32)
     labels[6][image[6] == 3] = 3
     labels[0, :4, :4] = 9
-    layer = viewer.add_labels(labels, name="labels")
-    layer.selected_label = 3
-    viewer.dims.set_current_step(0, 6)
-    widget = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.labels_combo.set_layer(layer)
-    widget.use_model(tiny_model, name="test")
+    widget, _ = stack_widget(make_napari_viewer(), image, labels, 3, 6, tiny_model)
     widget.propagate_section.predictor = GatedPredictor(tiny_model)
     yield widget
     widget.propagate_section.predictor.gate.set()

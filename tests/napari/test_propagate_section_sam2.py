@@ -10,9 +10,9 @@ import torch
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_sam._napari.widget import AnnotateWidget  # noqa: E402
 from napari_sam.annotate.propagate import PlaneSource, PropagationSettings, Propagator, Seed  # noqa: E402
 from napari_sam.inference.predictor import Predictor  # noqa: E402
+from stack_widget import stack_widget  # noqa: E402
 from tiny import build_tiny_sam2, ellipse  # noqa: E402
 
 TIMEOUT = 60_000  # ms
@@ -27,18 +27,10 @@ def test_a_label_is_propagated_with_sam2_memory(make_napari_viewer, qtbot):
     image = np.zeros((6, *SHAPE), np.uint16)
     for plane in range(6):
         image[plane][ellipse(SHAPE, (20, 18 + 2 * plane), (9, 10))] = 900
-    viewer = make_napari_viewer()
-    viewer.add_image(image)
     labels = np.zeros(image.shape, np.int32)
     labels[3][image[3] > 0] = 3
     labels[0, :4, :4] = 9  # kept (preserve)
-    layer = viewer.add_labels(labels, name="labels")
-    layer.selected_label = 3
-    viewer.dims.set_current_step(0, 3)
-    widget = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.labels_combo.set_layer(layer)
-    widget.use_model(model, name="tiny-sam2")
+    widget, layer = stack_widget(make_napari_viewer(), image, labels, 3, 3, model, name="tiny-sam2")
     section = widget.propagate_section
     section.min_score_spin.setValue(0.0)  # random weights: keep every plane the memory finds
     before = np.array(layer.data)

@@ -21,10 +21,10 @@ pytest.importorskip("pytestqt")
 
 from napari_sam._napari import propagate_section as section_module  # noqa: E402
 from napari_sam._napari.propagate_section import axis_kind, label_kind  # noqa: E402
-from napari_sam._napari.widget import AnnotateWidget  # noqa: E402
 from napari_sam.annotate.propagate import PropagationSettings, Propagator  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "annotate"))  # the stand-in lives beside its tests
 from propagation_stand_in import GreyLevelPredictor  # noqa: E402
+from stack_widget import stack_widget  # noqa: E402
 from tiny import ellipse  # noqa: E402
 
 TIMEOUT = 30_000  # ms
@@ -62,16 +62,9 @@ def open_widget(make_napari_viewer, qtbot, tiny_model, monkeypatch):
     def open_(**kwargs):
         viewer = make_napari_viewer()
         image = time_lapse()
-        viewer.add_image(image, **kwargs)
         labels = np.zeros(image.shape, np.int32)
         labels[SEED][image[SEED] > 0] = 1
-        layer = viewer.add_labels(labels, name="labels")
-        layer.selected_label = 1
-        viewer.dims.set_current_step(0, SEED)
-        widget = AnnotateWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.labels_combo.set_layer(layer)
-        widget.use_model(tiny_model, name="test")
+        widget, layer = stack_widget(viewer, image, labels, 1, SEED, tiny_model, **kwargs)
         widget.propagate_section.predictor = GreyLevelPredictor(tiny_model)
         widgets.append(widget)
         return widget, layer
