@@ -100,6 +100,17 @@ MODELS: dict[str, ModelSpec] = {
             decoder="default_decoder",
         ),
         ModelSpec(
+            name="default-broad",
+            model_type=None,
+            filename="default_broad.pt",
+            url=None,
+            sha256=None,
+            size_bytes=None,
+            description="The default model after a fine-tune on every modality (phase contrast, DIC, brightfield, "
+            "H&E, IHC besides fluorescence), shipped inside the package; see docs/models.md.",
+            decoder="default_broad_decoder",
+        ),
+        ModelSpec(
             name="vit_b",
             model_type="vit_b",
             filename="sam_vit_b_01ec64.pth",
@@ -170,6 +181,11 @@ DECODERS: dict[str, ModelSpec] = {
     "default_decoder": ModelSpec(
         name="default_decoder", model_type=None, filename="default_decoder.pt", url=None, sha256=None,
         size_bytes=None, description="Instance decoder of the default model, shipped inside the package "
+        "when this installation has one.",
+    ),
+    "default_broad_decoder": ModelSpec(
+        name="default_broad_decoder", model_type=None, filename="default_broad_decoder.pt", url=None, sha256=None,
+        size_bytes=None, description="Instance decoder of default-broad, shipped inside the package "
         "when this installation has one.",
     ),
 }

@@ -48,7 +48,7 @@ CITE_PROJECT = {
 # Weights and their licence by lineage: the official checkpoints are Apache-2.0 (SAM,
 # MobileSAM); the bundled default model was trained from scratch by this project.
 _OFFICIAL = {"vit_b", "vit_l", "vit_h", "vit_t"}
-_PROJECT = {"default"}
+_PROJECT = {"default", "default-broad"}
 
 
 def export_bioimageio(

