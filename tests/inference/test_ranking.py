@@ -66,7 +66,7 @@ def test_the_predictor_ranks_candidates_as_the_model_asks(ranking):
 def test_the_bundled_default_model_ranks_by_iou_and_stability_unless_its_sidecar_says_otherwise():
     from napari_sam.inference.predictor import RANKING_PRESETS
 
-    assert RANKING_PRESETS == {"default": "iou+stability", "default-broad": "iou+stability"}
+    assert RANKING_PRESETS == {"default": "iou+stability"}  # default-broad's sidecar says it itself
     scores = torch.tensor([0.30, 0.32, 0.10])
     default = _Model()
     default.metadata = {"name": "default"}

@@ -59,9 +59,9 @@ SAM_AMG_DEFAULTS = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh
 #: run lower than SAM's, and its duplicates overlap less, so a stricter NMS removes them.
 AMG_PRESETS: dict[str, dict] = {
     "default": dict(points_per_side=12, pred_iou_thresh=0.7, nms_iou_thresh=0.2, min_area=30),
-    # default-broad is the default model fine-tuned further: its settings, not SAM's, untuned
-    "default-broad": dict(points_per_side=12, pred_iou_thresh=0.7, nms_iou_thresh=0.2, min_area=30),
 }
+# default-broad is the default model fine-tuned further: the default's settings, not SAM's (untuned)
+AMG_PRESETS["default-broad"] = AMG_PRESETS["default"]
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ def _is_plane(image) -> bool:
 
 RANKINGS = ("iou", "iou+stability")
 #: The ranking of a model by its sidecar's ``"name"`` when the sidecar gives no ``"ranking"``
-#: (docs/models.md, "Ranking"); every other model ranks by predicted IoU, as SAM does.
-RANKING_PRESETS = {"default": "iou+stability", "default-broad": "iou+stability"}
+#: (docs/models.md, "Ranking"; default-broad's sidecar says it); every other model ranks by
+#: predicted IoU, as SAM does.
+RANKING_PRESETS = {"default": "iou+stability"}
 STABILITY_OFFSET = 1.0  # logits, SAM's stability_score_offset
 
 

@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     from .text_prompts import HELD_OUT_SYNONYMS, TRAINING_PHRASES
     from .config import TrainConfig
     from .finetuning import finetune
+    from ..inference.predictor import RANKINGS
     from .growth import grow_encoder
     from .interpolation import interpolate_weights
 
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", choices=tuple(DESCRIPTIONS), default="default",
                         help="the saved model's name (sidecar \"name\"): default, or default-broad for the "
                              "model kept after stage 4")
-    parser.add_argument("--ranking", choices=("iou", "iou+stability"), default="iou",
+    parser.add_argument("--ranking", choices=RANKINGS, default="iou",
                         help="how the saved model's candidates are ranked (sidecar \"ranking\"; "
                              "inference.predictor.ranking_keys)")
     parser.add_argument("--from-stage3", type=Path, default=None,
@@ -465,10 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             samples += hazy
         if args.stage4_grow:
             sam = grow_encoder(sam, args.stage4_grow)
-        start_model = copy.deepcopy(sam)  # finetune trains `sam` in place
+        interpolating = args.stage4_interpolate < 1
+        start_model = copy.deepcopy(sam) if interpolating else None  # finetune trains `sam` in place
         result = finetune(samples, base=sam, out=args.out,
                           config=TrainConfig.from_options(**stage4), on_progress=log, cancel=stop_file.exists)
-        if args.stage4_interpolate < 1:
+        if interpolating:
             interpolate_weights(start_model, result.model, args.stage4_interpolate)
             print(f"stage 4 weights interpolated: {1 - args.stage4_interpolate:g} x stage 3 + "
                   f"{args.stage4_interpolate:g} x stage 4", flush=True)

@@ -76,6 +76,14 @@ class Anchor:
         self.values.append(float(loss.detach()))
         return loss
 
+    def embedding_loss(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``weight`` x the mean squared change of ``embedding`` from the starting model's
+        one, over that one's variance."""
+        change = torch.mean((embedding - self.embedding) ** 2) / self.embedding.var().clamp_min(1e-8)
+        loss = self.weight * change
+        self.values.append(float(loss.detach()))
+        return loss
+
 
 def draw_text(
     phrases: PhraseBank | None, prepared: Prepared, ids: Sequence[int], rng: np.random.Generator, probability: float

@@ -256,9 +256,7 @@ class Trainer:
             anchor_embedding = self.anchor_embed(augmented.image, key, grad=False)
             anchor = Anchor(self.anchor_sam, anchor_embedding, config.loss.anchor_weight)
             if self.encoder_trained:
-                change = torch.mean((embedding - anchor_embedding) ** 2) / anchor_embedding.var().clamp_min(1e-8)
-                (anchor.weight * change).backward()
-                anchor.values.append(float(anchor.weight * change.detach()))
+                anchor.embedding_loss(embedding).backward()
 
         use_text, text = draw_text(self.phrases, augmented, ids, rng, config.text.probability)
         rounds = interaction_rounds(self.sam, embedding, masks, targets, self.weights, config.interaction, rng, text,
